@@ -1,0 +1,8 @@
+//! The payment and token domain: states, the transitions allowed between them, and what each
+//! Klarna outcome means for them. Pure code, no I/O.
+
+pub mod payment;
+pub mod token;
+
+pub use payment::{PaymentKind, PaymentState, StepUpEvent, Transition};
+pub use token::{Scope, TokenState};
