@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod aws;
+pub mod bootstrap;
 pub mod config;
 pub mod crypto;
 pub mod domain;
@@ -10,6 +11,7 @@ pub mod http;
 pub mod ids;
 pub mod klarna;
 pub mod notify;
+pub mod payments;
 pub mod store;
 pub mod telemetry;
 
@@ -43,6 +45,20 @@ pub mod idempotency {
             assert_eq!(super::klarna_key("p1", "authorize"), super::klarna_key("p1", "authorize"));
             assert_ne!(super::klarna_key("p1", "authorize"), super::klarna_key("p1", "final"));
             assert_ne!(super::derive(&["a:b", "c"]), super::derive(&["a", "b:c"]));
+        }
+    }
+}
+
+/// Lambda error reporting: every function error says whether a retry can help.
+pub mod lambda {
+    /// A Lambda diagnostic whose type reads `Retryable.<kind>` or `NonRetryable.<kind>`.
+    pub fn diagnostic(kind: &str, retryable: bool, message: String) -> lambda_runtime::Diagnostic {
+        lambda_runtime::Diagnostic {
+            error_type: format!(
+                "{}.{kind}",
+                if retryable { "Retryable" } else { "NonRetryable" }
+            ),
+            error_message: message,
         }
     }
 }

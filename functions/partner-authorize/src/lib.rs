@@ -1,1 +1,504 @@
+//! Partner authorize: the partner-facing API for one-time payments, token creation and token
+//! charges (flows A, B and C). Calls Klarna's authorize (initial) and answers approved (201),
+//! step-up (202) or declined (402).
+#![forbid(unsafe_code)]
 
+pub mod idempotency;
+pub mod request;
+
+use aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse};
+use chrono::Utc;
+use request::{ChargeToken, CreatePayment};
+use shared::domain::{PaymentKind, PaymentState, Scope, TokenState};
+use shared::http::{self as h, ApiError};
+use shared::ids::*;
+use shared::klarna::{
+    AuthorizeHeaders, AuthorizeOutcome, AuthorizeRequest, CustomerInteractionConfig, KlarnaClient,
+    KlarnaError, RequestCustomerToken, RequestPaymentTransaction, StepUpConfig,
+};
+use shared::payments::{self, IssuedToken, PaymentView};
+use shared::store::records::*;
+use shared::store::{Store, StoreError};
+use tracing::Instrument;
+
+/// Partner request bodies are small; anything larger is refused before parsing.
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+pub struct Deps {
+    pub store: Store,
+    pub klarna: KlarnaClient,
+}
+
+/// Everything that can end a partner request, mapped once to an HTTP answer.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthorizeError {
+    /// The partner's request is refused (4xx), or a conflict it can resolve.
+    #[error("{}", .0.message)]
+    Refused(ApiError),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("klarna: {0}")]
+    Klarna(#[from] KlarnaError),
+}
+
+impl From<ApiError> for AuthorizeError {
+    fn from(e: ApiError) -> Self {
+        AuthorizeError::Refused(e)
+    }
+}
+
+impl AuthorizeError {
+    fn into_api_error(self) -> ApiError {
+        match self {
+            AuthorizeError::Refused(e) => e,
+            AuthorizeError::Store(e) if e.is_retryable() => {
+                ApiError::new(503, "temporarily_unavailable", "storage is unavailable; retry with the same Idempotency-Key").retry_after(1)
+            }
+            AuthorizeError::Store(_) => ApiError::new(500, "internal_error", "internal error"),
+            AuthorizeError::Klarna(e) if e.is_retryable() => ApiError::new(
+                503,
+                "klarna_unavailable",
+                "Klarna is unavailable; retry with the same Idempotency-Key",
+            )
+            .retry_after(2),
+            AuthorizeError::Klarna(_) => {
+                ApiError::new(502, "klarna_error", "Klarna returned an unexpected answer")
+            }
+        }
+    }
+}
+
+/// The function's entry: routes a partner request.
+pub async fn handle(deps: &Deps, req: ApiGatewayV2httpRequest) -> ApiGatewayV2httpResponse {
+    let correlation_id = h::correlation_id(&req);
+    let span = tracing::info_span!("partner_request", correlation_id = %correlation_id, partner_id = tracing::field::Empty, route = tracing::field::Empty, payment_id = tracing::field::Empty);
+    async move {
+        // Boxed: the flow's future is deep, and a boxed one keeps Lambda's service future small.
+        let result = Box::pin(route(deps, &req)).await;
+        match result {
+            Ok(resp) => {
+                tracing::info!(status = resp.status_code, "answered");
+                resp
+            }
+            Err(e) => {
+                let level_error = !matches!(e, AuthorizeError::Refused(_));
+                let api = e.into_api_error();
+                if level_error {
+                    tracing::error!(status = api.status, code = api.code, "request failed");
+                } else {
+                    tracing::info!(status = api.status, code = api.code, field = api.field.as_deref(), "request refused");
+                }
+                api.into_response()
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+async fn route(deps: &Deps, req: &ApiGatewayV2httpRequest) -> Result<ApiGatewayV2httpResponse, AuthorizeError> {
+    let partner_id = h::partner_id(req)
+        .ok_or_else(|| ApiError::new(401, "unauthorized", "no partner identity"))?;
+    tracing::Span::current().record("partner_id", partner_id.as_str());
+    let path = h::path(req).to_owned();
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match (h::method(req), segments.as_slice()) {
+        ("POST", ["v1", "payments"]) => {
+            tracing::Span::current().record("route", "create_payment");
+            create_payment(deps, &partner_id, req).await
+        }
+        ("GET", ["v1", "payments", id]) => {
+            tracing::Span::current().record("route", "get_payment");
+            get_payment(deps, &partner_id, id).await
+        }
+        ("POST", ["v1", "tokens", token, "charges"]) => {
+            tracing::Span::current().record("route", "charge_token");
+            charge_token(deps, &partner_id, token, req).await
+        }
+        _ => Err(ApiError::new(404, "route_not_found", "no such route").into()),
+    }
+}
+
+async fn load_partner(deps: &Deps, partner_id: &PartnerId) -> Result<PartnerRecord, AuthorizeError> {
+    let p: Option<PartnerRecord> = deps.store.get(&partner_pk(partner_id), PROFILE_SK).await?;
+    match p {
+        Some(p) if p.status == PartnerStatus::Active => Ok(p),
+        _ => Err(ApiError::new(403, "partner_disabled", "partner is not active").into()),
+    }
+}
+
+async fn get_payment(deps: &Deps, partner_id: &PartnerId, id: &str) -> Result<ApiGatewayV2httpResponse, AuthorizeError> {
+    if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        return Err(ApiError::not_found("payment").into());
+    }
+    let p: Option<PaymentRecord> = deps
+        .store
+        .get(&partner_pk(partner_id), &payment_sk(&PaymentId::new(id)))
+        .await?;
+    // Another partner's payment does not exist for this partner (rule R6).
+    let p = p.ok_or_else(|| ApiError::not_found("payment"))?;
+    Ok(h::json_response(200, &PaymentView::of(&p, None)))
+}
+
+/// What a route resolved before Klarna is called.
+struct Plan {
+    kind: PaymentKind,
+    amount: Option<i64>,
+    currency: String,
+    reference: Option<String>,
+    klarna_request: AuthorizeRequest,
+    partner_session_token: Option<NetworkSessionToken>,
+    token: Option<(TokenRecord, CustomerToken)>,
+    requested_scopes: Vec<Scope>,
+}
+
+async fn create_payment(deps: &Deps, partner_id: &PartnerId, req: &ApiGatewayV2httpRequest) -> Result<ApiGatewayV2httpResponse, AuthorizeError> {
+    let key = idempotency::key(h::header(req, "idempotency-key"))?;
+    let body = h::body_bytes(req, BODY_LIMIT)?;
+    let b: CreatePayment = request::parse(&body)?;
+    let currency = request::currency(&b.currency)?;
+    let amount = b.amount.as_ref().map(|a| request::amount(a, "amount")).transpose()?;
+    let scopes = b.request_token.as_ref().map(|t| request::scopes(&t.scopes)).transpose()?;
+    if amount.is_none() && scopes.is_none() {
+        return Err(ApiError::bad_request("amount is required unless a token is requested").field("amount").into());
+    }
+    let return_url = request::return_url(&b.return_url, "return_url", b.app_return_url.is_none())?;
+    let app_return_url = request::return_url(&b.app_return_url, "app_return_url", false)?;
+    let reference = request::short_text(&b.reference, "reference", 255)?;
+    let purchase_data = request::object(&b.purchase_data, "purchase_data")?;
+    let session = request::short_text(&b.klarna_network_session_token, "klarna_network_session_token", 8192)?;
+    let option_id = request::short_text(&b.payment_option_id, "payment_option_id", 255)?;
+    let kind = if scopes.is_some() { PaymentKind::TokenCreation } else { PaymentKind::OneTime };
+    let plan = Plan {
+        kind,
+        amount,
+        currency: currency.clone(),
+        reference,
+        klarna_request: AuthorizeRequest {
+            currency,
+            payment_request_id: None,
+            supplementary_purchase_data: purchase_data,
+            step_up_config: Some(StepUpConfig {
+                payment_request_reference: None,
+                customer_interaction_config: CustomerInteractionConfig {
+                    method: "HANDOVER".into(),
+                    return_url,
+                    app_return_url,
+                },
+            }),
+            request_payment_transaction: amount.map(|amount| RequestPaymentTransaction {
+                amount,
+                payment_option_id: option_id,
+                payment_transaction_reference: None,
+            }),
+            request_customer_token: scopes.clone().map(|scopes| RequestCustomerToken {
+                scopes,
+                customer_token_reference: None,
+            }),
+        },
+        partner_session_token: session.map(NetworkSessionToken::new),
+        token: None,
+        requested_scopes: scopes.unwrap_or_default(),
+    };
+    let canonical: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    run(deps, partner_id, "payments", &key, &canonical, plan).await
+}
+
+async fn charge_token(deps: &Deps, partner_id: &PartnerId, token: &str, req: &ApiGatewayV2httpRequest) -> Result<ApiGatewayV2httpResponse, AuthorizeError> {
+    let key = idempotency::key(h::header(req, "idempotency-key"))?;
+    if !payments::is_backend_token_shape(token) {
+        return Err(ApiError::bad_request("malformed token").field("token").into());
+    }
+    let body = h::body_bytes(req, BODY_LIMIT)?;
+    let b: ChargeToken = request::parse(&body)?;
+    let amount = request::amount(&b.amount, "amount")?;
+    let currency = request::currency(&b.currency)?;
+    let return_url = request::return_url(&b.return_url, "return_url", b.customer_present && b.app_return_url.is_none())?;
+    let app_return_url = request::return_url(&b.app_return_url, "app_return_url", false)?;
+    let reference = request::short_text(&b.reference, "reference", 255)?;
+    let purchase_data = request::object(&b.purchase_data, "purchase_data")?;
+    let session = request::short_text(&b.klarna_network_session_token, "klarna_network_session_token", 8192)?;
+    let option_id = request::short_text(&b.payment_option_id, "payment_option_id", 255)?;
+
+    let backend_token = BackendToken::new(token);
+    let record: Option<TokenRecord> = deps
+        .store
+        .get(&partner_pk(partner_id), &token_sk(&payments::token_hash(&backend_token)))
+        .await?;
+    // Unknown, or another partner's: the same 404 (rule R6).
+    let record = record.ok_or_else(|| ApiError::not_found("token").field("token"))?;
+    if record.state == TokenState::Revoked {
+        return Err(ApiError::new(410, "token_revoked", "the token is revoked and cannot be charged").field("token").into());
+    }
+    let (kind, needed) = if b.customer_present {
+        (PaymentKind::TokenChargeCustomerPresent, Scope::CustomerPresent)
+    } else {
+        (PaymentKind::TokenChargeCustomerNotPresent, Scope::CustomerNotPresent)
+    };
+    if !record.scopes.contains(&needed) {
+        return Err(ApiError::new(403, "token_scope_insufficient", "the token's scopes do not allow this charge").field("customer_present").into());
+    }
+    let klarna_token = payments::klarna_token_of(deps.store.sealer(), &record)?;
+    let plan = Plan {
+        kind,
+        amount: Some(amount),
+        currency: currency.clone(),
+        reference,
+        klarna_request: AuthorizeRequest {
+            currency,
+            payment_request_id: None,
+            supplementary_purchase_data: purchase_data,
+            // Nobody can complete a journey for a customer-not-present charge.
+            step_up_config: b.customer_present.then(|| StepUpConfig {
+                payment_request_reference: None,
+                customer_interaction_config: CustomerInteractionConfig {
+                    method: "HANDOVER".into(),
+                    return_url,
+                    app_return_url,
+                },
+            }),
+            request_payment_transaction: Some(RequestPaymentTransaction {
+                amount,
+                payment_option_id: option_id,
+                payment_transaction_reference: None,
+            }),
+            request_customer_token: None,
+        },
+        partner_session_token: session.map(NetworkSessionToken::new),
+        token: Some((record, klarna_token)),
+        requested_scopes: Vec::new(),
+    };
+    let mut canonical: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    // The token is part of the request: the same key on another token is another request.
+    canonical["__token"] = serde_json::Value::String(payments::token_hash(&backend_token));
+    run(deps, partner_id, "charges", &key, &canonical, plan).await
+}
+
+/// The authorize flow shared by every route: idempotency claim, a PENDING payment, Klarna, then
+/// the outcome, its notification and the stored answer in one transaction.
+async fn run(
+    deps: &Deps,
+    partner_id: &PartnerId,
+    route: &str,
+    key: &str,
+    canonical: &serde_json::Value,
+    mut plan: Plan,
+) -> Result<ApiGatewayV2httpResponse, AuthorizeError> {
+    let now = Utc::now();
+    let partner = load_partner(deps, partner_id).await?;
+    let hash = idempotency::request_hash(route, canonical);
+    let claim = match idempotency::claim(&deps.store, partner_id, route, key, &hash, now).await?? {
+        idempotency::Claim::Replay { status, body } => {
+            tracing::info!("idempotent replay");
+            return Ok(raw_json(status, body));
+        }
+        idempotency::Claim::Proceed(c) => c,
+    };
+    // The payment id follows from the key, so a retry after a crash finds the same payment and
+    // sends Klarna the same idempotency key.
+    let payment_id = PaymentId::new(format!(
+        "pay_{}",
+        shared::idempotency::derive(&[partner_id.as_str(), route, key]).simple()
+    ));
+    let result = Box::pin(authorize(deps, &partner, &payment_id, &claim, &mut plan, now)).await;
+    if let Err(e) = &result {
+        if !matches!(e, AuthorizeError::Refused(_)) {
+            idempotency::release(&deps.store, &claim).await;
+        }
+    }
+    result
+}
+
+async fn authorize(
+    deps: &Deps,
+    partner: &PartnerRecord,
+    payment_id: &PaymentId,
+    claim: &IdempotencyRecord,
+    plan: &mut Plan,
+    now: chrono::DateTime<Utc>,
+) -> Result<ApiGatewayV2httpResponse, AuthorizeError> {
+    tracing::Span::current().record("payment_id", payment_id.as_str());
+    let token_id = match &plan.token {
+        Some((t, _)) => Some(t.token_id.clone()),
+        None if plan.kind == PaymentKind::TokenCreation => Some(payments::token_id_for(payment_id)),
+        None => None,
+    };
+    // References let Klarna's records and webhooks point back at ours.
+    if let Some(t) = plan.klarna_request.request_payment_transaction.as_mut() {
+        t.payment_transaction_reference = Some(payment_id.to_string());
+    }
+    if let Some(s) = plan.klarna_request.step_up_config.as_mut() {
+        s.payment_request_reference = Some(payment_id.to_string());
+    }
+    if let (Some(t), Some(id)) = (plan.klarna_request.request_customer_token.as_mut(), &token_id) {
+        t.customer_token_reference = Some(id.to_string());
+    }
+    let pk = partner_pk(&partner.partner_id);
+    let sk = payment_sk(payment_id);
+    let existing: Option<PaymentRecord> = deps.store.get(&pk, &sk).await?;
+    let payment = match existing {
+        Some(p) => p,
+        None => {
+            let request_json = serde_json::to_string(&plan.klarna_request).map_err(|e| StoreError::Data(e.to_string()))?;
+            let p = PaymentRecord {
+                klarna_request_sealed: deps.store.sealer().seal_str(&request_json, &sk).map_err(|e| StoreError::Data(e.to_string()))?,
+                pk: pk.clone(),
+                sk: sk.clone(),
+                partner_id: partner.partner_id.clone(),
+                payment_id: payment_id.clone(),
+                kind: plan.kind,
+                state: PaymentState::Pending,
+                version: 1,
+                amount: plan.amount,
+                currency: plan.currency.clone(),
+                partner_reference: plan.reference.clone(),
+                token_hash: plan.token.as_ref().map(|(t, _)| t.sk.trim_start_matches("TOKEN#").to_owned()),
+                token_id: token_id.clone(),
+                payment_request_id: None,
+                payment_request_url: None,
+                step_up_expires_at: None,
+                payment_request_state: None,
+                session_token_sealed: None,
+                session_token_received_at: None,
+                klarna_transaction_id: None,
+                reason: None,
+                created_at: now,
+                updated_at: now,
+            };
+            match deps.store.put_new(&p).await {
+                Ok(()) => p,
+                Err(e) if e.is_conflict() => deps.store.get(&pk, &sk).await?.ok_or(e)?,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    };
+    if payment.state != PaymentState::Pending {
+        // An earlier attempt finished; answer from what it stored.
+        return Ok(answer(deps, claim, &payment, None).await?);
+    }
+    let headers = AuthorizeHeaders {
+        idempotency_key: shared::idempotency::klarna_key(payment_id.as_str(), "authorize"),
+        customer_token: plan.token.as_ref().map(|(_, k)| k.clone()),
+        network_session_token: plan.partner_session_token.clone(),
+    };
+    let klarna_result = deps.klarna.authorize(&partner.klarna_account_id, &plan.klarna_request, &headers).await;
+    let mut next = payment.clone();
+    next.version += 1;
+    next.updated_at = now;
+    let mut tx = deps.store.tx();
+    let mut issued: Option<IssuedToken> = None;
+    let mut refusal: Option<ApiError> = None;
+    match klarna_result {
+        Ok(resp) => match AuthorizeOutcome::from_response(&resp) {
+            Ok(AuthorizeOutcome::Approved { transaction_id, customer_token }) => {
+                next.state = PaymentState::Authorized;
+                next.klarna_transaction_id = transaction_id;
+                if let (PaymentKind::TokenCreation, Some(ct)) = (plan.kind, customer_token) {
+                    let i = payments::issue_token(deps.store.sealer(), &next, ct, plan.requested_scopes.clone(), None, now)?;
+                    tx.put_new(&i.record)?;
+                    issued = Some(i);
+                } else if plan.kind == PaymentKind::TokenCreation {
+                    next.reason = Some("KLARNA_ISSUED_NO_CUSTOMER_TOKEN".into());
+                }
+            }
+            Ok(AuthorizeOutcome::Declined { reason }) => {
+                next.state = PaymentState::Declined;
+                next.reason = Some(reason.unwrap_or_else(|| "DECLINED".into()));
+            }
+            Ok(AuthorizeOutcome::StepUp { .. }) if !plan.kind.may_step_up() => {
+                // Nobody is present to complete a journey: a step-up here is a decline.
+                next.state = PaymentState::Declined;
+                next.reason = Some("STEP_UP_REQUIRED_CUSTOMER_NOT_PRESENT".into());
+                tracing::warn!("Klarna asked a customer-not-present charge to step up; declined");
+            }
+            Ok(AuthorizeOutcome::StepUp { payment_request_id, payment_request_url, expires_at }) => {
+                next.state = PaymentState::StepUpPending;
+                next.payment_request_state = Some("SUBMITTED".into());
+                tx.put_new(&PaymentRequestLink {
+                    pk: payment_request_pk(&payment_request_id),
+                    sk: "LINK".into(),
+                    partner_id: partner.partner_id.clone(),
+                    payment_id: payment_id.clone(),
+                })?;
+                next.payment_request_id = Some(payment_request_id);
+                next.payment_request_url = payment_request_url;
+                next.step_up_expires_at = expires_at;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "Klarna's authorize answer is not usable");
+                next.state = PaymentState::Failed;
+                next.reason = Some("KLARNA_ANSWER_UNUSABLE".into());
+            }
+        },
+        Err(e) if e.is_retryable() => return Err(e.into()),
+        Err(e) if e.means_token_revoked() && plan.token.is_some() => {
+            // Revoked on Klarna's side (customer or Klarna): follow it, and tell the partner once.
+            let (record, _) = plan.token.as_ref().expect("checked");
+            let mut revoked = record.clone();
+            revoked.state = TokenState::Revoked;
+            revoked.version += 1;
+            revoked.revoked_at = Some(now);
+            revoked.revoked_reason = Some("REVOKED_AT_KLARNA".into());
+            tx.put_if_version(&revoked, record.version)?;
+            tx.notify(&payments::token_revoked_notification(&revoked, "REVOKED_AT_KLARNA", now))?;
+            next.state = PaymentState::Declined;
+            next.reason = Some("CUSTOMER_TOKEN_REVOKED".into());
+        }
+        Err(e) => {
+            let (code, param) = match &e {
+                KlarnaError::Api { body, .. } => (
+                    body.error_code.clone().unwrap_or_else(|| "KLARNA_ERROR".into()),
+                    body.errors.first().and_then(|f| f.parameter.clone()),
+                ),
+                _ => ("KLARNA_ERROR".into(), None),
+            };
+            next.state = PaymentState::Failed;
+            next.reason = Some(format!("KLARNA_REJECTED:{code}"));
+            let mut api = ApiError::new(422, "klarna_rejected", format!("Klarna refused the request ({code})"));
+            api.field = param;
+            refusal = Some(api);
+        }
+    }
+    debug_assert!(payment.state.can_transition_to(next.state));
+    tx.put_if_version(&next, payment.version)?;
+    if let Some(n) = payments::payment_notification(&next, issued.as_ref(), now) {
+        tx.notify(&n)?;
+    }
+    let (status, body) = match &refusal {
+        Some(api) => (api.status, serde_json::json!({ "error": api, "payment": PaymentView::of(&next, None) }).to_string()),
+        None => {
+            let view = PaymentView::of(&next, issued.as_ref());
+            (view.http_status(), serde_json::to_string(&view).map_err(|e| StoreError::Data(e.to_string()))?)
+        }
+    };
+    tx.put(&idempotency::completed(&deps.store, claim, status, &body)?)?;
+    match tx.commit().await {
+        Ok(()) => {
+            tracing::info!(from = %payment.state, to = %next.state, kind = ?plan.kind, "payment moved");
+            Ok(raw_json(status, body))
+        }
+        Err(e) if e.is_conflict() => {
+            // Someone else (a retry that took over an expired lease) recorded the outcome first.
+            let current: PaymentRecord = deps.store.get(&pk, &sk).await?.ok_or(e)?;
+            tracing::info!(state = %current.state, "lost the race; answering from the stored outcome");
+            Ok(answer(deps, claim, &current, None).await?)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Answers from a stored payment and completes the idempotency claim with that answer.
+async fn answer(deps: &Deps, claim: &IdempotencyRecord, p: &PaymentRecord, issued: Option<&IssuedToken>) -> Result<ApiGatewayV2httpResponse, StoreError> {
+    let view = PaymentView::of(p, issued);
+    let status = view.http_status();
+    let body = serde_json::to_string(&view).map_err(|e| StoreError::Data(e.to_string()))?;
+    deps.store.put(&idempotency::completed(&deps.store, claim, status, &body)?).await?;
+    Ok(raw_json(status, body))
+}
+
+fn raw_json(status: u16, body: String) -> ApiGatewayV2httpResponse {
+    let mut resp = h::empty_response(status);
+    resp.headers.insert("content-type", aws_lambda_events::http::HeaderValue::from_static("application/json"));
+    resp.body = Some(aws_lambda_events::encodings::Body::Text(body));
+    resp
+}

@@ -195,9 +195,9 @@ impl Store {
                 "attribute_not_exists(pk) OR (#s = :inprogress AND #lease < :now)",
             )
             .expression_attribute_names("#s", "status")
-            .expression_attribute_names("#lease", "lease_until")
+            .expression_attribute_names("#lease", "lease_until_ms")
             .expression_attribute_values(":inprogress", AttributeValue::S("IN_PROGRESS".into()))
-            .expression_attribute_values(":now", AttributeValue::S(rfc3339(Utc::now())))
+            .expression_attribute_values(":now", AttributeValue::N(Utc::now().timestamp_millis().to_string()))
             .send()
             .await;
         match result {

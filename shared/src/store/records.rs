@@ -110,7 +110,8 @@ pub struct IdempotencyRecord {
     pub status: IdempotencyStatus,
     /// SHA-256 of the canonical request: the same key with another body is refused.
     pub request_hash: String,
-    pub lease_until: DateTime<Utc>,
+    /// Epoch milliseconds (a number, so the lease condition compares numerically).
+    pub lease_until_ms: i64,
     pub response_status: Option<u16>,
     /// Sealed: the stored response may carry tokens.
     pub response_body_sealed: Option<String>,
