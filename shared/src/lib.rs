@@ -11,6 +11,7 @@ pub mod http;
 pub mod ids;
 pub mod klarna;
 pub mod notify;
+pub mod partners;
 pub mod payments;
 pub mod store;
 pub mod telemetry;

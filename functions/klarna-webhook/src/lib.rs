@@ -1,1 +1,303 @@
+//! Klarna webhook: verify the signature on the raw bytes, refuse stale events, deduplicate on
+//! `metadata.event_id`, and commit the event record with its consequences in one transaction
+//! (rules R1, R2, R5). No Klarna call happens here, so the answer is fast.
+#![forbid(unsafe_code)]
 
+use aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse};
+use chrono::{DateTime, Duration, Utc};
+use shared::config::CachedSecret;
+use shared::domain::{PaymentState, StepUpEvent, Transition};
+use shared::http::{self as h, ApiError};
+use shared::ids::*;
+use shared::klarna::types::{customer_token_of, session_token_of};
+use shared::klarna::webhook::{peek_event_id, PaymentRequestChange};
+use shared::klarna::{SigningKeys, WebhookEnvelope};
+use shared::payments;
+use shared::store::records::*;
+use shared::store::{Store, StoreError};
+use std::sync::Arc;
+use tokio::sync::RwLock;
+use tracing::Instrument;
+
+/// Klarna's webhook bodies are small; refuse anything larger before reading it.
+pub const BODY_LIMIT: usize = 256 * 1024;
+/// Events dated further in the future than this are refused (clock skew allowance).
+pub const FUTURE_SKEW: Duration = Duration::minutes(5);
+/// Event records outlive the replay window by this much, so a replay inside the window is
+/// always recognised.
+pub const DEDUPE_MARGIN: Duration = Duration::days(4);
+/// Attempts when a concurrent writer moves the payment between our read and our write.
+const MAX_RACE_RETRIES: usize = 5;
+
+/// Where the live signing keys come from.
+#[derive(Clone)]
+pub enum KeyProvider {
+    /// Fixed in process (tests, local runs); rotatable through the lock.
+    Static(Arc<RwLock<SigningKeys>>),
+    /// Secrets Manager JSON `{"<key id>": "<secret>"}`, re-read after its TTL, so a rotation
+    /// needs no redeploy.
+    Secret(CachedSecret),
+}
+
+impl KeyProvider {
+    pub fn fixed(keys: SigningKeys) -> Self {
+        KeyProvider::Static(Arc::new(RwLock::new(keys)))
+    }
+
+    async fn current(&self) -> Result<SigningKeys, WebhookError> {
+        match self {
+            KeyProvider::Static(k) => Ok(k.read().await.clone()),
+            KeyProvider::Secret(s) => {
+                let json = s.get().await.map_err(|e| WebhookError::Keys(e.to_string()))?;
+                SigningKeys::from_json(json.expose()).map_err(|e| WebhookError::Keys(e.to_string()))
+            }
+        }
+    }
+}
+
+pub struct Deps {
+    pub store: Store,
+    pub keys: KeyProvider,
+    /// Events older than this are refused (default 72 h: longer than Klarna's ~21 h retry span).
+    pub replay_window: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    #[error("{}", .0.message)]
+    Refused(ApiError),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("signing keys unavailable: {0}")]
+    Keys(String),
+    #[error("the payment kept changing under us")]
+    Contention,
+}
+
+impl WebhookError {
+    /// 4xx for what Klarna sent wrong; 5xx for what a retry can fix, so Klarna retries (R1).
+    fn into_api_error(self) -> ApiError {
+        match self {
+            WebhookError::Refused(e) => e,
+            WebhookError::Store(e) if !e.is_retryable() => ApiError::new(500, "internal_error", "internal error"),
+            WebhookError::Store(_) | WebhookError::Keys(_) | WebhookError::Contention => {
+                ApiError::new(503, "temporarily_unavailable", "retry later")
+            }
+        }
+    }
+}
+
+pub async fn handle(deps: &Deps, req: ApiGatewayV2httpRequest) -> ApiGatewayV2httpResponse {
+    let span = tracing::info_span!("klarna_webhook", correlation_id = %h::correlation_id(&req), event_id = tracing::field::Empty, event_type = tracing::field::Empty, payment_id = tracing::field::Empty);
+    async move {
+        match Box::pin(process(deps, &req, Utc::now())).await {
+            Ok(outcome) => {
+                tracing::info!(outcome = ?outcome, "webhook acknowledged");
+                h::json_response(200, &serde_json::json!({ "received": true }))
+            }
+            Err(e) => {
+                let refused = matches!(e, WebhookError::Refused(_));
+                let msg = e.to_string();
+                let api = e.into_api_error();
+                if refused {
+                    tracing::warn!(status = api.status, code = api.code, reason = %msg, "webhook refused");
+                } else {
+                    tracing::error!(status = api.status, reason = %msg, "webhook failed; Klarna will retry");
+                }
+                api.into_response()
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+fn refuse(code: &'static str, message: impl Into<String>) -> WebhookError {
+    WebhookError::Refused(ApiError::new(400, code, message))
+}
+
+async fn process(deps: &Deps, req: &ApiGatewayV2httpRequest, now: DateTime<Utc>) -> Result<KlarnaEventOutcome, WebhookError> {
+    let body = h::body_bytes(req, BODY_LIMIT).map_err(WebhookError::Refused)?;
+    let key_id = h::header(req, "klarna-signing-key-id");
+    let keys = deps.keys.current().await?;
+    if let Err(e) = keys.verify(key_id, h::header(req, "klarna-signature"), &body) {
+        tracing::warn!(signing_key_id = key_id, event_id = peek_event_id(&body).as_deref(), reason = %e, "signature refused");
+        return Err(refuse("invalid_signature", e.to_string()));
+    }
+    let envelope: WebhookEnvelope = match serde_json::from_slice(&body) {
+        Ok(e) => e,
+        Err(e) => {
+            // Signed by Klarna but unreadable: keep it for an operator, answer 400.
+            keep_rejected(deps, &body, "malformed", now).await?;
+            return Err(refuse("malformed_event", format!("signed body is not a Klarna event: {e}")));
+        }
+    };
+    let m = &envelope.metadata;
+    let span = tracing::Span::current();
+    span.record("event_id", m.event_id.as_str());
+    span.record("event_type", m.event_type.as_str());
+    if m.occurred_at < now - deps.replay_window {
+        return Err(refuse("stale_event", "occurred_at is outside the replay window"));
+    }
+    if m.occurred_at > now + FUTURE_SKEW {
+        return Err(refuse("future_event", "occurred_at is in the future"));
+    }
+    let event_pk = klarna_event_pk(&m.event_id);
+    if deps.store.get::<KlarnaEventRecord>(&event_pk, "EVENT").await?.is_some() {
+        tracing::info!("duplicate delivery");
+        return Ok(KlarnaEventOutcome::NoOp);
+    }
+    let record = |outcome, payment_id: Option<PaymentId>, note: Option<&str>| KlarnaEventRecord {
+        pk: event_pk.clone(),
+        sk: "EVENT".into(),
+        event_type: m.event_type.clone(),
+        outcome,
+        payment_id,
+        received_at: now,
+        note: note.map(str::to_owned),
+        body_sealed: None,
+        ttl: (now + deps.replay_window + DEDUPE_MARGIN).timestamp(),
+    };
+    let event = StepUpEvent::from_event_type(&m.event_type).filter(|_| {
+        m.event_version.as_deref().is_none_or(|v| v == "v2" || v == "v1")
+    });
+    let change: Option<PaymentRequestChange> = serde_json::from_value(envelope.payload.clone()).ok();
+    let (Some(event), Some(change)) = (event, change) else {
+        // Acknowledged so Klarna does not retry forever; kept for inspection.
+        let mut r = record(KlarnaEventOutcome::Unmatched, None, Some("unknown event type, version or payload"));
+        r.body_sealed = Some(seal(deps, &body, &event_pk)?);
+        return put_event(deps, &r).await;
+    };
+    let link: Option<PaymentRequestLink> = deps.store.get(&payment_request_pk(&change.payment_request_id), "LINK").await?;
+    let Some(link) = link else {
+        let mut r = record(KlarnaEventOutcome::Unmatched, None, Some("no payment for this payment request"));
+        r.body_sealed = Some(seal(deps, &body, &event_pk)?);
+        tracing::warn!("event for an unknown payment request kept for inspection");
+        return put_event(deps, &r).await;
+    };
+    span.record("payment_id", link.payment_id.as_str());
+    let pk = partner_pk(&link.partner_id);
+    let sk = payment_sk(&link.payment_id);
+    for _ in 0..MAX_RACE_RETRIES {
+        let payment: PaymentRecord = deps
+            .store
+            .get(&pk, &sk)
+            .await?
+            .ok_or_else(|| StoreError::Data("linked payment is missing".into()))?;
+        let mut tx = deps.store.tx();
+        let event_index = tx.next_index();
+        match Transition::decide(payment.state, event.target_state()) {
+            Transition::NoOp => {
+                let mut next = payment.clone();
+                // Record the journey's progress (never backwards) without changing the state.
+                let recorded = event == StepUpEvent::InProgress
+                    && payment.state == PaymentState::StepUpPending
+                    && payment.payment_request_state.as_deref() == Some("SUBMITTED");
+                tx.put_new(&record(KlarnaEventOutcome::NoOp, Some(link.payment_id.clone()), Some(payment.state.as_str())))?;
+                if recorded {
+                    next.payment_request_state = Some("IN_PROGRESS".into());
+                    next.version += 1;
+                    next.updated_at = now;
+                    tx.put_if_version(&next, payment.version)?;
+                }
+                match commit(tx, event_index).await? {
+                    Committed::Yes => return Ok(KlarnaEventOutcome::NoOp),
+                    Committed::Duplicate => return Ok(KlarnaEventOutcome::NoOp),
+                    Committed::Raced => continue,
+                }
+            }
+            Transition::Apply { from, to } => {
+                let mut next = payment.clone();
+                next.state = to;
+                next.version += 1;
+                next.updated_at = now;
+                next.payment_request_state = change.state.clone();
+                tx.put_new(&record(KlarnaEventOutcome::Applied, Some(link.payment_id.clone()), None))?;
+                match event {
+                    StepUpEvent::Completed => {
+                        next.session_token_received_at = Some(now);
+                        if let Some(t) = session_token_of(&envelope.payload) {
+                            next.session_token_sealed = Some(seal(deps, t.expose().as_bytes(), &sk)?);
+                        }
+                        if let Some(t) = customer_token_of(&envelope.payload) {
+                            next.completed_customer_token_sealed = Some(seal(deps, t.expose().as_bytes(), &sk)?);
+                        }
+                        // The final authorize runs from the step-up queue; the job is written
+                        // with the transition, so it cannot be lost (R2).
+                        let job = FinalizeJob { partner_id: link.partner_id.clone(), payment_id: link.payment_id.clone() };
+                        let job_id = NotificationId::new(format!(
+                            "job_{}",
+                            shared::idempotency::derive(&[link.payment_id.as_str(), "finalize"]).simple()
+                        ));
+                        tx.finalize_job(&job_id, &job, now)?;
+                    }
+                    _ => {
+                        next.reason = change.state_reason.clone().or_else(|| change.state.clone());
+                        if let Some(n) = payments::payment_notification(&next, None, now) {
+                            tx.notify(&n)?;
+                        }
+                    }
+                }
+                tx.put_if_version(&next, payment.version)?;
+                match commit(tx, event_index).await? {
+                    Committed::Yes => {
+                        tracing::info!(from = %from, to = %to, "payment moved");
+                        return Ok(KlarnaEventOutcome::Applied);
+                    }
+                    Committed::Duplicate => return Ok(KlarnaEventOutcome::NoOp),
+                    Committed::Raced => continue,
+                }
+            }
+        }
+    }
+    Err(WebhookError::Contention)
+}
+
+enum Committed {
+    Yes,
+    /// The event record already existed: a concurrent delivery of the same event won.
+    Duplicate,
+    /// The payment changed between read and write: decide again.
+    Raced,
+}
+
+async fn commit(tx: shared::store::Tx<'_>, event_index: usize) -> Result<Committed, StoreError> {
+    match tx.commit().await {
+        Ok(()) => Ok(Committed::Yes),
+        Err(StoreError::Conflict { failed }) if failed.contains(&event_index) => Ok(Committed::Duplicate),
+        Err(StoreError::Conflict { .. }) => Ok(Committed::Raced),
+        Err(e) => Err(e),
+    }
+}
+
+async fn put_event(deps: &Deps, r: &KlarnaEventRecord) -> Result<KlarnaEventOutcome, WebhookError> {
+    match deps.store.put_new(r).await {
+        Ok(()) | Err(StoreError::Conflict { .. }) => Ok(r.outcome),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn seal(deps: &Deps, bytes: &[u8], aad: &str) -> Result<String, WebhookError> {
+    deps.store
+        .sealer()
+        .seal(bytes, aad)
+        .map_err(|e| WebhookError::Store(StoreError::Data(e.to_string())))
+}
+
+/// Keeps a signed but unusable body for an operator (sealed: it may carry personal data).
+async fn keep_rejected(deps: &Deps, body: &[u8], why: &str, now: DateTime<Utc>) -> Result<(), WebhookError> {
+    let id = KlarnaEventId::new(format!("rejected-{}", &shared::crypto::sha256_hex(body)[..32]));
+    let pk = klarna_event_pk(&id);
+    let r = KlarnaEventRecord {
+        body_sealed: Some(seal(deps, body, &pk)?),
+        pk,
+        sk: "EVENT".into(),
+        event_type: "unparseable".into(),
+        outcome: KlarnaEventOutcome::Unmatched,
+        payment_id: None,
+        received_at: now,
+        note: Some(why.into()),
+        ttl: (now + deps.replay_window + DEDUPE_MARGIN).timestamp(),
+    };
+    put_event(deps, &r).await.map(|_| ())
+}

@@ -360,6 +360,8 @@ async fn authorize(
                 payment_request_state: None,
                 session_token_sealed: None,
                 session_token_received_at: None,
+                completed_customer_token_sealed: None,
+                finalize_lease_until_ms: None,
                 klarna_transaction_id: None,
                 reason: None,
                 created_at: now,

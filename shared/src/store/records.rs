@@ -58,6 +58,12 @@ pub struct PaymentRecord {
     /// Set when the payment request completed; sealed.
     pub session_token_sealed: Option<String>,
     pub session_token_received_at: Option<DateTime<Utc>>,
+    /// For token creation: the customer token Klarna issued at completion, sealed (a fallback
+    /// if the final authorize answer does not repeat it).
+    pub completed_customer_token_sealed: Option<String>,
+    /// A step-up completion container holds the final authorize until then (epoch ms), so
+    /// concurrent jobs make one Klarna call.
+    pub finalize_lease_until_ms: Option<i64>,
     pub klarna_transaction_id: Option<KlarnaTransactionId>,
     pub reason: Option<String>,
     pub created_at: DateTime<Utc>,

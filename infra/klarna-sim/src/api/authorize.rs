@@ -222,15 +222,15 @@ fn parse_step_up(
         Some(_) => errs.push(ParamError::new(format!("{p}.method"), "must be HANDOVER")),
         None => errs.push(ParamError::new(format!("{p}.method"), "is required")),
     }
-    let return_url = opt_string(c, "return_url", &format!("{p}.return_url"), errs);
-    let app_return_url = opt_string(c, "app_return_url", &format!("{p}.app_return_url"), errs);
+    // Type checks only; the URLs are echoed through `customer_interaction_config`.
+    opt_string(c, "return_url", &format!("{p}.return_url"), errs);
+    opt_string(c, "app_return_url", &format!("{p}.app_return_url"), errs);
     if field(c, "return_url").is_none() && field(c, "app_return_url").is_none() {
         errs.push(ParamError::new(
             format!("{p}.return_url"),
             "return_url or app_return_url is required",
         ));
     }
-    let _ = (return_url, app_return_url);
     let expires_at = match field(c, "interaction_expiry").or_else(|| field(s, "interaction_expiry")) {
         None => None,
         Some(v) => {
