@@ -1,1 +1,262 @@
+//! Support for the integration tests: a per-test world of the local AWS server (unique resource
+//! prefix), the Klarna simulator, the real handlers wired by the local stack, and partners with
+//! their own FIFO queues.
 
+use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
+use klarna_sim::{SimConfig, SimHandle, Simulator};
+use local_stack::{HttpRequest, HttpResponse, LocalStack, StackOptions};
+use serde_json::Value;
+use shared::ids::{KlarnaAccountId, PartnerId, SigningKeyId, SecretString};
+use shared::klarna::SigningKeys;
+use shared::notify::{self, Notification, WebhookSecret};
+use shared::store::records::Subscription;
+use std::sync::Arc;
+use tokio::sync::OnceCell;
+
+static SDK: OnceCell<aws_config::SdkConfig> = OnceCell::const_new();
+
+/// SDK configuration for the local AWS server (shared by all tests of a binary).
+pub async fn sdk() -> aws_config::SdkConfig {
+    SDK.get_or_init(local_stack::local_sdk_config).await.clone()
+}
+
+/// A resource prefix no other test uses.
+pub fn unique_prefix(name: &str) -> String {
+    format!("t{}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8], name)
+}
+
+pub struct World {
+    pub sim: SimHandle,
+    pub stack: Arc<LocalStack>,
+    /// The local HTTP API's base URL (Klarna's webhooks reach it here).
+    pub api_url: String,
+    pub prefix: String,
+    pub signing_key_id: String,
+    pub signing_secret: String,
+    pub http: reqwest::Client,
+}
+
+/// A partner onboarded in a test world.
+pub struct TestPartner {
+    pub id: PartnerId,
+    pub api_key: SecretString,
+    pub secret: WebhookSecret,
+    pub queue_url: String,
+    pub dlq_url: String,
+}
+
+/// A notification received from a partner queue, with its signature already checked.
+#[derive(Debug)]
+pub struct Received {
+    pub notification: Notification,
+    pub body: String,
+    pub group_id: Option<String>,
+    pub webhook_id: String,
+}
+
+impl World {
+    pub async fn new(name: &str) -> World {
+        Self::with(name, SimConfig { time_scale: 0.001, ..SimConfig::default() }, |_| {}).await
+    }
+
+    /// A world with a customised simulator and stack.
+    pub async fn with(name: &str, sim_config: SimConfig, tweak: impl FnOnce(&mut StackOptions)) -> World {
+        let prefix = unique_prefix(name);
+        let sim = Simulator::start(sim_config).await.expect("simulator starts");
+        let mut opts = StackOptions::new(&prefix, &sim.base_url(), SigningKeys::default());
+        tweak(&mut opts);
+        let stack = Arc::new(LocalStack::start(sdk().await, opts).await.expect("local stack starts (is the local AWS server running? scripts/local-aws.sh start)"));
+        let (addr, _server) = local_stack::http_api::serve(stack.api.clone(), "127.0.0.1:0".parse().unwrap(), axum_router())
+            .await
+            .expect("HTTP API binds");
+        let api_url = format!("http://{addr}");
+        let http = reqwest::Client::new();
+        // Onboard Klarna's webhooks as an operator would: a signing key, then the webhook.
+        let key: Value = http
+            .post(format!("{}/v2/notification/signing-keys", sim.base_url()))
+            .header("Authorization", "Basic test-key")
+            .json(&serde_json::json!({}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let signing_key_id = key["signing_key_id"].as_str().expect("signing_key_id").to_owned();
+        let signing_secret = key["signing_key"].as_str().expect("signing_key").to_owned();
+        let status = http
+            .post(format!("{}/v2/notification/webhooks", sim.base_url()))
+            .header("Authorization", "Basic test-key")
+            .json(&serde_json::json!({
+                "url": format!("{api_url}/webhooks/klarna"),
+                "event_types": ["payment.request.state-change.*"],
+                "event_version": "v2",
+                "signing_key_id": signing_key_id,
+                "status": "ENABLED"
+            }))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert!(status.is_success(), "webhook registration: {status}");
+        *stack.signing_keys.write().await = SigningKeys::new([(
+            SigningKeyId::new(&signing_key_id),
+            SecretString::new(&signing_secret),
+        )]);
+        World { sim, stack, api_url, prefix, signing_key_id, signing_secret, http }
+    }
+
+    pub fn sqs(&self) -> &aws_sdk_sqs::Client {
+        &self.stack.sqs
+    }
+
+    /// Onboards a partner with a FIFO queue (and its DLQ) subscribed to `filters`.
+    pub async fn partner(&self, name: &str, filters: &[&str]) -> TestPartner {
+        let sqs = self.sqs();
+        let dlq_url = sqs
+            .create_queue()
+            .queue_name(format!("{}-{name}-dlq.fifo", self.prefix))
+            .attributes(QueueAttributeName::FifoQueue, "true")
+            .send()
+            .await
+            .unwrap()
+            .queue_url
+            .unwrap();
+        let dlq_arn = sqs
+            .get_queue_attributes()
+            .queue_url(&dlq_url)
+            .attribute_names(QueueAttributeName::QueueArn)
+            .send()
+            .await
+            .unwrap()
+            .attributes
+            .unwrap()[&QueueAttributeName::QueueArn]
+            .clone();
+        let queue_url = sqs
+            .create_queue()
+            .queue_name(format!("{}-{name}.fifo", self.prefix))
+            .attributes(QueueAttributeName::FifoQueue, "true")
+            .attributes(
+                QueueAttributeName::RedrivePolicy,
+                serde_json::json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": 5}).to_string(),
+            )
+            .send()
+            .await
+            .unwrap()
+            .queue_url
+            .unwrap();
+        let id = PartnerId::new(format!("{name}-{}", &uuid::Uuid::new_v4().simple().to_string()[..6]));
+        let created = shared::partners::create(
+            &self.stack.store,
+            id.clone(),
+            name,
+            KlarnaAccountId::new(self.sim.partner_account_id()),
+            vec![Subscription { queue_url: queue_url.clone(), event_types: filters.iter().map(|s| s.to_string()).collect() }],
+        )
+        .await
+        .expect("partner created");
+        TestPartner {
+            id,
+            api_key: created.api_key,
+            secret: WebhookSecret::parse(created.notification_secret.expose()).unwrap(),
+            queue_url,
+            dlq_url,
+        }
+    }
+
+    /// A request through the local HTTP API (over TCP, as a partner sends it).
+    pub async fn call(&self, method: &str, path: &str, api_key: Option<&SecretString>, idempotency_key: Option<&str>, body: Option<&Value>) -> HttpResponse {
+        let mut headers = vec![("content-type".to_owned(), "application/json".to_owned())];
+        if let Some(k) = api_key {
+            headers.push(("authorization".into(), format!("Bearer {}", k.expose())));
+        }
+        if let Some(k) = idempotency_key {
+            headers.push(("idempotency-key".into(), k.to_owned()));
+        }
+        let req = HttpRequest {
+            method: method.to_owned(),
+            path: path.to_owned(),
+            query: String::new(),
+            headers,
+            body: body.map(|b| b.to_string().into_bytes()).unwrap_or_default(),
+        };
+        self.stack.api.invoke(req).await
+    }
+
+    /// Lets the system come to rest: stream records relayed, queue jobs processed.
+    pub async fn settle(&self) {
+        self.stack.settle().await.expect("system settles");
+    }
+
+    /// Waits until the simulator has delivered (2xx) webhooks for `n` events in total, then
+    /// settles the system.
+    pub async fn settle_webhooks(&self, n: usize) {
+        for _ in 0..200 {
+            let ok = self.sim.deliveries().iter().filter(|d| d.status.is_some_and(|s| (200..300).contains(&s))).count();
+            if ok >= n {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        self.settle().await;
+    }
+
+    /// Drains a partner queue, verifying every message's signature as a partner would.
+    pub async fn drain(&self, partner: &TestPartner) -> Vec<Received> {
+        let mut out = Vec::new();
+        loop {
+            let resp = self
+                .sqs()
+                .receive_message()
+                .queue_url(&partner.queue_url)
+                .max_number_of_messages(10)
+                .message_attribute_names("All")
+                .message_system_attribute_names(MessageSystemAttributeName::All)
+                .wait_time_seconds(0)
+                .send()
+                .await
+                .unwrap();
+            let messages = resp.messages.unwrap_or_default();
+            if messages.is_empty() {
+                return out;
+            }
+            for m in messages {
+                let attrs = m.message_attributes().cloned().unwrap_or_default();
+                let attr = |k: &str| attrs.get(k).and_then(|v| v.string_value()).unwrap_or_default().to_owned();
+                let body = m.body().unwrap_or_default().to_owned();
+                let (id, ts, sig) = (attr("webhook-id"), attr("webhook-timestamp"), attr("webhook-signature"));
+                notify::verify(&partner.secret, &id, ts.parse().unwrap(), &sig, &body, chrono::Utc::now().timestamp(), 300)
+                    .expect("notification signature verifies");
+                let group_id = m
+                    .attributes()
+                    .and_then(|a| a.get(&MessageSystemAttributeName::MessageGroupId).cloned());
+                let notification: Notification = serde_json::from_str(&body).expect("notification parses");
+                assert_eq!(notification.event_id.as_str(), id, "webhook-id is the event id");
+                self.sqs()
+                    .delete_message()
+                    .queue_url(&partner.queue_url)
+                    .receipt_handle(m.receipt_handle().unwrap())
+                    .send()
+                    .await
+                    .unwrap();
+                out.push(Received { notification, body, group_id, webhook_id: id });
+            }
+        }
+    }
+}
+
+/// No extra local routes in tests.
+pub fn axum_router() -> axum::Router {
+    axum::Router::new()
+}
+
+/// A customer-present payment body with a step-up return URL.
+pub fn payment_body(amount: i64, email: &str) -> Value {
+    serde_json::json!({
+        "amount": amount,
+        "currency": "EUR",
+        "reference": "order-1",
+        "return_url": "https://shop.example/return",
+        "purchase_data": {"customer": {"email": email}, "purchase_reference": "order-1"}
+    })
+}

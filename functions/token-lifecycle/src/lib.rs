@@ -1,1 +1,189 @@
+//! Token lifecycle: introspect and revoke backend tokens over Klarna's Identity API, following
+//! revocations made on Klarna's side, with one `token.revoked` notification per token.
+#![forbid(unsafe_code)]
 
+use aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse};
+use chrono::{DateTime, TimeZone, Utc};
+use serde::Serialize;
+use shared::domain::{Scope, TokenState};
+use shared::http::{self as h, ApiError};
+use shared::ids::*;
+use shared::klarna::{KlarnaClient, KlarnaError};
+use shared::payments;
+use shared::store::records::*;
+use shared::store::{Store, StoreError};
+use tracing::Instrument;
+
+/// Klarna accepts customer tokens of at most 1024 characters; ours are far shorter.
+pub const MAX_TOKEN_LEN: usize = 1024;
+
+pub struct Deps {
+    pub store: Store,
+    pub klarna: KlarnaClient,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("{}", .0.message)]
+    Refused(ApiError),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("klarna: {0}")]
+    Klarna(#[from] KlarnaError),
+}
+
+impl From<ApiError> for TokenError {
+    fn from(e: ApiError) -> Self {
+        TokenError::Refused(e)
+    }
+}
+
+impl TokenError {
+    fn into_api_error(self) -> ApiError {
+        match self {
+            TokenError::Refused(e) => e,
+            TokenError::Store(e) if e.is_retryable() => ApiError::new(503, "temporarily_unavailable", "storage is unavailable; retry").retry_after(1),
+            TokenError::Store(_) => ApiError::new(500, "internal_error", "internal error"),
+            TokenError::Klarna(e) if e.is_retryable() => ApiError::new(503, "klarna_unavailable", "Klarna is unavailable; retry").retry_after(2),
+            TokenError::Klarna(_) => ApiError::new(502, "klarna_error", "Klarna returned an unexpected answer"),
+        }
+    }
+}
+
+/// A token as the partner sees it.
+#[derive(Debug, Serialize)]
+pub struct TokenStatus {
+    pub token_id: TokenId,
+    /// `active` or `revoked`.
+    pub status: &'static str,
+    pub scopes: Vec<Scope>,
+    pub issued_at: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revoked_reason: Option<String>,
+}
+
+fn status_of(t: &TokenRecord, issued_at: Option<DateTime<Utc>>, reference: Option<String>) -> TokenStatus {
+    TokenStatus {
+        token_id: t.token_id.clone(),
+        status: match t.state {
+            TokenState::Active => "active",
+            TokenState::Revoked => "revoked",
+        },
+        scopes: t.scopes.clone(),
+        issued_at: issued_at.unwrap_or(t.created_at),
+        reference: reference.or_else(|| t.customer_token_reference.clone()),
+        revoked_at: t.revoked_at,
+        revoked_reason: t.revoked_reason.clone(),
+    }
+}
+
+pub async fn handle(deps: &Deps, req: ApiGatewayV2httpRequest) -> ApiGatewayV2httpResponse {
+    let span = tracing::info_span!("token_request", correlation_id = %h::correlation_id(&req), partner_id = tracing::field::Empty, token_id = tracing::field::Empty);
+    async move {
+        match Box::pin(route(deps, &req)).await {
+            Ok(r) => r,
+            Err(e) => {
+                let refused = matches!(e, TokenError::Refused(_));
+                let api = e.into_api_error();
+                if refused {
+                    tracing::info!(status = api.status, code = api.code, "request refused");
+                } else {
+                    tracing::error!(status = api.status, code = api.code, "request failed");
+                }
+                api.into_response()
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+async fn route(deps: &Deps, req: &ApiGatewayV2httpRequest) -> Result<ApiGatewayV2httpResponse, TokenError> {
+    let partner_id = h::partner_id(req).ok_or_else(|| ApiError::new(401, "unauthorized", "no partner identity"))?;
+    tracing::Span::current().record("partner_id", partner_id.as_str());
+    let path = h::path(req).to_owned();
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (method, token) = match (h::method(req), segments.as_slice()) {
+        (m @ ("GET" | "DELETE"), ["v1", "tokens", token]) => (m, *token),
+        _ => return Err(ApiError::new(404, "route_not_found", "no such route").into()),
+    };
+    if token.len() > MAX_TOKEN_LEN || !payments::is_backend_token_shape(token) {
+        return Err(ApiError::bad_request("malformed token").field("token").into());
+    }
+    let record: Option<TokenRecord> = deps
+        .store
+        .get(&partner_pk(&partner_id), &token_sk(&payments::token_hash(&BackendToken::new(token))))
+        .await?;
+    // Unknown and another partner's token look the same (rule R6); Klarna is not called.
+    let record = record.ok_or_else(|| ApiError::not_found("token").field("token"))?;
+    tracing::Span::current().record("token_id", record.token_id.as_str());
+    let partner: PartnerRecord = deps
+        .store
+        .get(&partner_pk(&partner_id), PROFILE_SK)
+        .await?
+        .ok_or_else(|| ApiError::new(403, "partner_disabled", "partner is not active"))?;
+    if method == "GET" {
+        introspect(deps, &partner, record).await
+    } else {
+        revoke(deps, &partner, record).await
+    }
+}
+
+async fn introspect(deps: &Deps, partner: &PartnerRecord, record: TokenRecord) -> Result<ApiGatewayV2httpResponse, TokenError> {
+    if record.state == TokenState::Revoked {
+        return Ok(h::json_response(200, &status_of(&record, None, None)));
+    }
+    let klarna_token = payments::klarna_token_of(deps.store.sealer(), &record)?;
+    match deps.klarna.introspect_token(&partner.klarna_account_id, &klarna_token).await {
+        Ok(i) if i.status.eq_ignore_ascii_case("ACTIVE") => {
+            let issued = i.issued_at.and_then(|ms| Utc.timestamp_millis_opt(ms).single());
+            Ok(h::json_response(200, &status_of(&record, issued, i.customer_token_reference)))
+        }
+        // Any other status, "revoked", or "no such token": the token is dead at Klarna.
+        Ok(_) => mark_revoked(deps, record, "REVOKED_AT_KLARNA").await,
+        Err(e) if e.means_token_revoked() => mark_revoked(deps, record, "REVOKED_AT_KLARNA").await,
+        Err(e) if e.means_token_unknown() => mark_revoked(deps, record, "UNKNOWN_AT_KLARNA").await,
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn revoke(deps: &Deps, partner: &PartnerRecord, record: TokenRecord) -> Result<ApiGatewayV2httpResponse, TokenError> {
+    if record.state == TokenState::Revoked {
+        // Idempotent: the same answer, no second notification.
+        return Ok(h::json_response(200, &status_of(&record, None, None)));
+    }
+    let klarna_token = payments::klarna_token_of(deps.store.sealer(), &record)?;
+    match deps.klarna.revoke_token(&partner.klarna_account_id, &klarna_token).await {
+        Ok(()) => mark_revoked(deps, record, "REVOKED_BY_PARTNER").await,
+        Err(e) if e.means_token_revoked() || e.means_token_unknown() => mark_revoked(deps, record, "REVOKED_BY_PARTNER").await,
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Active -> revoked with its notification in one transaction; a concurrent revoke wins quietly.
+async fn mark_revoked(deps: &Deps, record: TokenRecord, reason: &str) -> Result<ApiGatewayV2httpResponse, TokenError> {
+    let now = Utc::now();
+    let mut next = record.clone();
+    next.state = TokenState::Revoked;
+    next.version += 1;
+    next.revoked_at = Some(now);
+    next.revoked_reason = Some(reason.to_owned());
+    let mut tx = deps.store.tx();
+    tx.put_if_version(&next, record.version)?;
+    tx.notify(&payments::token_revoked_notification(&next, reason, now))?;
+    match tx.commit().await {
+        Ok(()) => {
+            tracing::info!(reason, "token revoked");
+            Ok(h::json_response(200, &status_of(&next, None, None)))
+        }
+        Err(e) if e.is_conflict() => {
+            let current: TokenRecord = deps.store.get(&record.pk, &record.sk).await?.ok_or(e)?;
+            Ok(h::json_response(200, &status_of(&current, None, None)))
+        }
+        Err(e) => Err(e.into()),
+    }
+}

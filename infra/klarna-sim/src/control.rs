@@ -154,7 +154,10 @@ async fn revoke_token(State(s): St, headers: HeaderMap) -> Response {
         .get("x-klarna-customer-token")
         .map(|v| String::from_utf8_lossy(v.as_bytes()).trim().to_string())
     else {
-        return render(&ApiResponse::invalid("X-Klarna-Customer-Token", "is required"));
+        return render(&ApiResponse::invalid(
+            "X-Klarna-Customer-Token",
+            "is required",
+        ));
     };
     if s.lock().revoke_customer_token(&token) {
         render(&ApiResponse::empty(204))

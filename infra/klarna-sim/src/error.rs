@@ -75,7 +75,11 @@ impl ApiResponse {
         Self::error_with(spec, message, Vec::new())
     }
 
-    pub fn error_with(spec: ErrorSpec, message: impl Into<String>, errors: Vec<ParamError>) -> Self {
+    pub fn error_with(
+        spec: ErrorSpec,
+        message: impl Into<String>,
+        errors: Vec<ParamError>,
+    ) -> Self {
         let errors: Vec<Value> = errors
             .into_iter()
             .map(|e| json!({"parameter": e.parameter, "error_message": e.message}))

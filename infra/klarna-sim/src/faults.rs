@@ -110,7 +110,9 @@ impl WebhookFaultState {
 
 /// Takes one use of the first armed fault for `route`.
 pub(crate) fn take(faults: &mut Vec<Fault>, route: Route) -> Option<FaultKind> {
-    let pos = faults.iter().position(|f| f.route == route && f.count > 0)?;
+    let pos = faults
+        .iter()
+        .position(|f| f.route == route && f.count > 0)?;
     let kind = faults[pos].kind.clone();
     faults[pos].count -= 1;
     if faults[pos].count == 0 {
@@ -126,10 +128,9 @@ pub(crate) fn response_for(kind: &FaultKind) -> ApiResponse {
             unconfirmed::TECHNICAL_ERROR,
             "An internal error occurred (injected fault)",
         ),
-        FaultKind::Timeout500 | FaultKind::Hang(_) => ApiResponse::error(
-            error::TIMEOUT,
-            "The request timed out (injected fault)",
-        ),
+        FaultKind::Timeout500 | FaultKind::Hang(_) => {
+            ApiResponse::error(error::TIMEOUT, "The request timed out (injected fault)")
+        }
         FaultKind::Unavailable503 => ApiResponse::error(
             unconfirmed::UNAVAILABLE,
             "Service unavailable (injected fault)",

@@ -104,18 +104,41 @@ async fn main() -> ExitCode {
                 config.webhook_url.as_deref().unwrap_or_default()
             );
             println!("  signing key id:      {id}");
-            println!("  signing key secret:  {secret}   <- test-only secret, never use in production");
+            println!(
+                "  signing key secret:  {secret}   <- test-only secret, never use in production"
+            );
         }
-        None => println!("  webhook:             none (register one with POST /v2/notification/webhooks)"),
+        None => println!(
+            "  webhook:             none (register one with POST /v2/notification/webhooks)"
+        ),
     }
-    println!("  control endpoints:   {}/_sim/...  (see README)", sim.base_url());
+    println!(
+        "  control endpoints:   {}/_sim/...  (see README)",
+        sim.base_url()
+    );
     println!("Press Ctrl-C to stop.");
 
+    wait_for_stop().await;
+    sim.shutdown().await;
+    ExitCode::SUCCESS
+}
+
+/// Ctrl-C, or SIGTERM (containers, process managers).
+async fn wait_for_stop() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
     if let Err(e) = tokio::signal::ctrl_c().await {
         eprintln!("error: cannot wait for Ctrl-C: {e}");
     }
-    sim.shutdown().await;
-    ExitCode::SUCCESS
 }
 
 #[cfg(test)]
@@ -128,9 +151,11 @@ mod tests {
 
     #[test]
     fn parses_flags() {
-        let c = parse_args(args("--port 4010 --webhook-url http://x/y --time-scale=0.5"))
-            .expect("ok")
-            .expect("config");
+        let c = parse_args(args(
+            "--port 4010 --webhook-url http://x/y --time-scale=0.5",
+        ))
+        .expect("ok")
+        .expect("config");
         assert_eq!(c.port, 4010);
         assert_eq!(c.webhook_url.as_deref(), Some("http://x/y"));
         assert!((c.time_scale - 0.5).abs() < f64::EPSILON);

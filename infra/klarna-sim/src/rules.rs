@@ -18,8 +18,11 @@ use crate::unconfirmed;
 pub(crate) const SCOPE_CUSTOMER_PRESENT: &str = "payment:customer_present";
 pub(crate) const SCOPE_CUSTOMER_NOT_PRESENT: &str = "payment:customer_not_present";
 pub(crate) const SCOPE_LOGIN: &str = "customer:login";
-pub(crate) const KNOWN_SCOPES: [&str; 3] =
-    [SCOPE_CUSTOMER_PRESENT, SCOPE_CUSTOMER_NOT_PRESENT, SCOPE_LOGIN];
+pub(crate) const KNOWN_SCOPES: [&str; 3] = [
+    SCOPE_CUSTOMER_PRESENT,
+    SCOPE_CUSTOMER_NOT_PRESENT,
+    SCOPE_LOGIN,
+];
 
 /// Per-instance outcome rules. An empty marker string disables that rule.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -129,7 +132,13 @@ impl OutcomeRules {
         let reason: String = lower[start..]
             .chars()
             .take_while(|c| *c != '@' && *c != '+')
-            .map(|c| if c == '-' { '_' } else { c.to_ascii_uppercase() })
+            .map(|c| {
+                if c == '-' {
+                    '_'
+                } else {
+                    c.to_ascii_uppercase()
+                }
+            })
             .collect();
         Some(if reason.is_empty() {
             self.denied_reason.clone()
@@ -166,7 +175,12 @@ mod tests {
             Decision::Decline("CUSTOMER_DENIED".into())
         );
         assert_eq!(
-            r.decide(&facts("a+decline-insufficient-funds@x.com", None, false, false)),
+            r.decide(&facts(
+                "a+decline-insufficient-funds@x.com",
+                None,
+                false,
+                false
+            )),
             Decision::Decline("INSUFFICIENT_FUNDS".into())
         );
         assert_eq!(

@@ -282,7 +282,13 @@ fn dispatch(w: &mut World, m: &Matched, ctx: &Ctx<'_>) -> ApiResponse {
 }
 
 /// Runs the handler under the lock, honouring `Klarna-Idempotency-Key` (POST/PATCH, 24 h).
-fn process(shared: &Shared, m: &Matched, method: &Method, path: &str, ctx_parts: CtxParts<'_>) -> ApiResponse {
+fn process(
+    shared: &Shared,
+    m: &Matched,
+    method: &Method,
+    path: &str,
+    ctx_parts: CtxParts<'_>,
+) -> ApiResponse {
     let mut w = shared.lock();
     let ctx = Ctx {
         method,
@@ -379,7 +385,11 @@ async fn klarna_api(
             None => process(&shared, &matched, &method, &path, parts),
             Some(FaultKind::SucceedThen500) => {
                 let real = process(&shared, &matched, &method, &path, parts);
-                tracing::info!(?route, status = real.status, "fault: processed, answering 500");
+                tracing::info!(
+                    ?route,
+                    status = real.status,
+                    "fault: processed, answering 500"
+                );
                 faults::response_for(&FaultKind::SucceedThen500)
             }
             Some(FaultKind::Hang(d)) => {
@@ -458,7 +468,10 @@ mod tests {
             match_path("/v2/accounts/a/identity/customer-tokens/introspect", d),
             Matched::Introspect
         );
-        assert_eq!(match_path("/v2/notification/webhooks", d), Matched::Webhooks);
+        assert_eq!(
+            match_path("/v2/notification/webhooks", d),
+            Matched::Webhooks
+        );
         assert_eq!(match_path("/v3/nope", d), Matched::NotFound);
     }
 

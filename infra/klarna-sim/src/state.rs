@@ -167,8 +167,16 @@ impl PaymentRequest {
         let mut m = Map::new();
         m.insert("payment_request_id".into(), json!(self.id));
         m.insert("state".into(), json!(self.state));
-        insert_opt(&mut m, "previous_state", self.previous_state.map(|s| json!(s)));
-        insert_opt(&mut m, "state_reason", self.state_reason.as_ref().map(|s| json!(s)));
+        insert_opt(
+            &mut m,
+            "previous_state",
+            self.previous_state.map(|s| json!(s)),
+        );
+        insert_opt(
+            &mut m,
+            "state_reason",
+            self.state_reason.as_ref().map(|s| json!(s)),
+        );
         m.insert("created_at".into(), json!(rfc3339(self.created_at)));
         m.insert("updated_at".into(), json!(rfc3339(self.updated_at)));
         m.insert("expires_at".into(), json!(rfc3339(self.expires_at)));
@@ -177,17 +185,35 @@ impl PaymentRequest {
             "state_expires_at",
             self.state_expires_at().map(|t| json!(rfc3339(t))),
         );
-        insert_opt(&mut m, "canceled_at", self.canceled_at.map(|t| json!(rfc3339(t))));
-        insert_opt(&mut m, "payment_request_reference", self.reference.as_ref().map(|s| json!(s)));
+        insert_opt(
+            &mut m,
+            "canceled_at",
+            self.canceled_at.map(|t| json!(rfc3339(t))),
+        );
+        insert_opt(
+            &mut m,
+            "payment_request_reference",
+            self.reference.as_ref().map(|s| json!(s)),
+        );
         insert_opt(&mut m, "amount", self.amount.map(|a| json!(a)));
         insert_opt(&mut m, "currency", self.currency.as_ref().map(|c| json!(c)));
-        insert_opt(&mut m, "supplementary_purchase_data", self.supplementary_purchase_data.clone());
-        m.insert("customer_interaction_config".into(), self.customer_interaction_config.clone());
+        insert_opt(
+            &mut m,
+            "supplementary_purchase_data",
+            self.supplementary_purchase_data.clone(),
+        );
+        m.insert(
+            "customer_interaction_config".into(),
+            self.customer_interaction_config.clone(),
+        );
 
         let mut ctx = Map::new();
         ctx.insert("customer_interaction".into(), self.customer_interaction());
         if let Some(c) = &self.completion {
-            ctx.insert("klarna_network_session_token".into(), json!(c.session_token));
+            ctx.insert(
+                "klarna_network_session_token".into(),
+                json!(c.session_token),
+            );
             ctx.insert("payment_token".into(), json!(c.payment_token));
             if let Some(k) = self.klarna_customer(c) {
                 ctx.insert("klarna_customer".into(), k);
@@ -203,7 +229,11 @@ impl PaymentRequest {
         m.insert("payment_request_id".into(), json!(self.id));
         m.insert("state".into(), json!(self.state));
         m.insert("expires_at".into(), json!(rfc3339(self.expires_at)));
-        insert_opt(&mut m, "payment_request_reference", self.reference.as_ref().map(|s| json!(s)));
+        insert_opt(
+            &mut m,
+            "payment_request_reference",
+            self.reference.as_ref().map(|s| json!(s)),
+        );
         m.insert(
             "state_context".into(),
             json!({"customer_interaction": self.customer_interaction()}),
@@ -215,15 +245,30 @@ impl PaymentRequest {
     pub fn webhook_payload(&self) -> Value {
         let mut m = Map::new();
         m.insert("payment_request_id".into(), json!(self.id));
-        insert_opt(&mut m, "payment_request_reference", self.reference.as_ref().map(|s| json!(s)));
+        insert_opt(
+            &mut m,
+            "payment_request_reference",
+            self.reference.as_ref().map(|s| json!(s)),
+        );
         m.insert("state".into(), json!(self.state));
-        insert_opt(&mut m, "previous_state", self.previous_state.map(|s| json!(s)));
-        insert_opt(&mut m, "state_reason", self.state_reason.as_ref().map(|s| json!(s)));
+        insert_opt(
+            &mut m,
+            "previous_state",
+            self.previous_state.map(|s| json!(s)),
+        );
+        insert_opt(
+            &mut m,
+            "state_reason",
+            self.state_reason.as_ref().map(|s| json!(s)),
+        );
         insert_opt(&mut m, "amount", self.amount.map(|a| json!(a)));
         insert_opt(&mut m, "currency", self.currency.as_ref().map(|c| json!(c)));
         if self.state == PrState::Completed {
             if let Some(c) = &self.completion {
-                m.insert("klarna_network_session_token".into(), json!(c.session_token));
+                m.insert(
+                    "klarna_network_session_token".into(),
+                    json!(c.session_token),
+                );
                 m.insert("payment_token".into(), json!(c.payment_token));
                 if let Some(k) = self.klarna_customer(c) {
                     m.insert("klarna_customer".into(), k);
@@ -264,7 +309,9 @@ mod tests {
         assert!(can_transition(Completed, Canceled));
         assert!(!can_transition(Submitted, Completed));
         assert!(!can_transition(Completed, InProgress));
-        for to in [Submitted, InProgress, Completed, Canceled, Expired, Declined] {
+        for to in [
+            Submitted, InProgress, Completed, Canceled, Expired, Declined,
+        ] {
             assert!(!can_transition(Canceled, to));
             assert!(!can_transition(Expired, to));
             assert!(!can_transition(Declined, to));

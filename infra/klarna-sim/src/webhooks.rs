@@ -65,8 +65,7 @@ pub(crate) fn random_secret() -> String {
 }
 
 fn base64(data: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] =
-        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
     for chunk in data.chunks(3) {
         let b = [
@@ -201,7 +200,10 @@ async fn attempt(shared: &Arc<Shared>, job: &DeliveryJob, n: u32) -> bool {
             );
             (bogus, sign(&random_secret(), &job.body))
         } else if take_one(&mut f.wrong_signature) {
-            (job.signing_key_id.clone(), sign(&random_secret(), &job.body))
+            (
+                job.signing_key_id.clone(),
+                sign(&random_secret(), &job.body),
+            )
         } else {
             (job.signing_key_id.clone(), job.signature.clone())
         }

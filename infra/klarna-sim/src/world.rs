@@ -213,7 +213,10 @@ impl World {
 
     /// Moves the simulated clock and fires every expiry that became due.
     pub fn advance_clock(&mut self, by: Duration) {
-        self.clock_offset = self.clock_offset.checked_add(&by).unwrap_or(self.clock_offset);
+        self.clock_offset = self
+            .clock_offset
+            .checked_add(&by)
+            .unwrap_or(self.clock_offset);
         self.expire_due();
     }
 
@@ -289,7 +292,11 @@ impl World {
             .webhooks
             .iter()
             .filter(|w| w.status == "ENABLED")
-            .filter(|w| w.event_types.iter().any(|p| webhooks::event_matches(p, &event_type)))
+            .filter(|w| {
+                w.event_types
+                    .iter()
+                    .any(|p| webhooks::event_matches(p, &event_type))
+            })
         {
             let Some(key) = self.signing_keys.iter().find(|k| k.id == wh.signing_key_id) else {
                 tracing::warn!(webhook_id = %wh.id, "webhook has no signing key; not delivered");
@@ -356,12 +363,17 @@ impl World {
         let allowed = match (step, state) {
             (Journey::Open, PrState::InProgress) => return Ok(self.pr_json(id)),
             _ if via_open => {
-                crate::state::can_transition(PrState::InProgress, target) || target == PrState::InProgress
+                crate::state::can_transition(PrState::InProgress, target)
+                    || target == PrState::InProgress
             }
             _ => crate::state::can_transition(state, target),
         };
         if !allowed {
-            return Err(InvalidTransition { from: state, to: target }.into());
+            return Err(InvalidTransition {
+                from: state,
+                to: target,
+            }
+            .into());
         }
         if via_open {
             self.set_state(id, PrState::InProgress, None)?;
@@ -371,8 +383,14 @@ impl World {
         }
         match step {
             Journey::Complete => self.complete(id, email)?,
-            Journey::Abort => self.set_state(id, PrState::Submitted, Some(unconfirmed::ABORT_STATE_REASON))?,
-            Journey::Decline => self.set_state(id, PrState::Declined, unconfirmed::DECLINE_STATE_REASON)?,
+            Journey::Abort => self.set_state(
+                id,
+                PrState::Submitted,
+                Some(unconfirmed::ABORT_STATE_REASON),
+            )?,
+            Journey::Decline => {
+                self.set_state(id, PrState::Declined, unconfirmed::DECLINE_STATE_REASON)?
+            }
             Journey::Expire => self.set_state(id, PrState::Expired, None)?,
             Journey::Open => self.set_state(id, PrState::InProgress, None)?,
         }
@@ -393,10 +411,18 @@ impl World {
             }
             .into());
         }
-        let session_token = format!("{}{}", unconfirmed::SESSION_TOKEN_PREFIX, uuid::Uuid::new_v4());
+        let session_token = format!(
+            "{}{}",
+            unconfirmed::SESSION_TOKEN_PREFIX,
+            uuid::Uuid::new_v4()
+        );
         let expires_at = now + Duration::minutes(unconfirmed::SESSION_TOKEN_TTL_MINUTES);
         let customer_token = pr.requested_token.as_ref().map(|req| CustomerToken {
-            id: format!("{}{}", unconfirmed::CUSTOMER_TOKEN_ID_PREFIX, uuid::Uuid::new_v4()),
+            id: format!(
+                "{}{}",
+                unconfirmed::CUSTOMER_TOKEN_ID_PREFIX,
+                uuid::Uuid::new_v4()
+            ),
             scopes: req.scopes.clone(),
             reference: req.reference.clone(),
             issued_at: now,
@@ -412,7 +438,11 @@ impl World {
         pr.completion = Some(Completion {
             session_token: session_token.clone(),
             session_token_expires_at: expires_at,
-            payment_token: format!("{}{}", unconfirmed::PAYMENT_TOKEN_PREFIX, uuid::Uuid::new_v4()),
+            payment_token: format!(
+                "{}{}",
+                unconfirmed::PAYMENT_TOKEN_PREFIX,
+                uuid::Uuid::new_v4()
+            ),
             customer_token: customer_token.as_ref().map(|t| t.id.clone()),
             email,
         });
@@ -431,7 +461,10 @@ impl World {
     }
 
     pub fn pr_json(&self, id: &str) -> Value {
-        self.prs.get(id).map(PaymentRequest::to_json).unwrap_or(Value::Null)
+        self.prs
+            .get(id)
+            .map(PaymentRequest::to_json)
+            .unwrap_or(Value::Null)
     }
 
     /// Creates a signing key (secret: base64 of 32 random bytes, like Klarna's 44-char keys).

@@ -141,7 +141,10 @@ fn parse(body: &Value, now: DateTime<Utc>) -> Result<Input, Vec<ParamError>> {
             scopes.map(|scopes| RequestedToken { scopes, reference })
         }
         Some(_) => {
-            errs.push(ParamError::new("request_customer_token", "must be an object"));
+            errs.push(ParamError::new(
+                "request_customer_token",
+                "must be an object",
+            ));
             None
         }
     };
@@ -231,7 +234,8 @@ fn parse_step_up(
             "return_url or app_return_url is required",
         ));
     }
-    let expires_at = match field(c, "interaction_expiry").or_else(|| field(s, "interaction_expiry")) {
+    let expires_at = match field(c, "interaction_expiry").or_else(|| field(s, "interaction_expiry"))
+    {
         None => None,
         Some(v) => {
             let t = unconfirmed::parse_interaction_expiry(v, now);
@@ -341,7 +345,11 @@ fn approve(
         // An existing token is confirmed; otherwise the rules allowed tokenization without journey.
         let token = existing.unwrap_or_else(|| {
             let t = CustomerToken {
-                id: format!("{}{}", unconfirmed::CUSTOMER_TOKEN_ID_PREFIX, uuid::Uuid::new_v4()),
+                id: format!(
+                    "{}{}",
+                    unconfirmed::CUSTOMER_TOKEN_ID_PREFIX,
+                    uuid::Uuid::new_v4()
+                ),
                 scopes: req.scopes.clone(),
                 reference: req.reference.clone(),
                 issued_at: now,
@@ -383,7 +391,11 @@ fn step_up(w: &mut World, account: &str, input: Input, now: DateTime<Utc>) -> Ap
             "is required: this purchase needs the customer (STEP_UP_REQUIRED)",
         );
     };
-    let id = format!("{}{}", unconfirmed::PAYMENT_REQUEST_ID_PREFIX, uuid::Uuid::new_v4());
+    let id = format!(
+        "{}{}",
+        unconfirmed::PAYMENT_REQUEST_ID_PREFIX,
+        uuid::Uuid::new_v4()
+    );
     let pr = PaymentRequest {
         payment_request_url: format!("{}/_sim/pay/{}", w.base_url, id),
         id: id.clone(),
@@ -474,7 +486,11 @@ fn final_authorize(w: &mut World, token: &str, body: &Value, ctx: &Ctx<'_>) -> A
             "must be omitted on the final authorization",
         );
     }
-    if input.payment_request_id.as_ref().is_some_and(|id| *id != pr.id) {
+    if input
+        .payment_request_id
+        .as_ref()
+        .is_some_and(|id| *id != pr.id)
+    {
         return ApiResponse::invalid(
             "payment_request_id",
             "does not match the payment request of the session token",
@@ -575,7 +591,11 @@ pub(crate) fn presentation(ctx: &Ctx<'_>) -> ApiResponse {
     let amt = match &amount_param {
         None => None,
         Some(a) => {
-            let v = a.parse::<i64>().ok().map(Value::from).unwrap_or(Value::Null);
+            let v = a
+                .parse::<i64>()
+                .ok()
+                .map(Value::from)
+                .unwrap_or(Value::Null);
             let parsed = positive_amount(&v);
             if parsed.is_none() {
                 errs.push(ParamError::new(

@@ -13,7 +13,10 @@ const MAX_TOKEN_LEN: usize = 1024;
 /// The token from the header, known and not revoked.
 fn active_token<'w>(w: &'w World, ctx: &Ctx<'_>) -> Result<&'w CustomerToken, ApiResponse> {
     let Some(token) = ctx.headers.identity_token.as_deref() else {
-        return Err(ApiResponse::invalid("X-Klarna-Customer-Token", "is required"));
+        return Err(ApiResponse::invalid(
+            "X-Klarna-Customer-Token",
+            "is required",
+        ));
     };
     if token.chars().count() > MAX_TOKEN_LEN {
         return Err(ApiResponse::invalid(

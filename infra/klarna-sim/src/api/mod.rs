@@ -13,8 +13,8 @@ use crate::server::Ctx;
 
 /// ISO 4217 currencies the simulator accepts (Klarna markets).
 pub(crate) const CURRENCIES: [&str; 16] = [
-    "USD", "EUR", "GBP", "SEK", "NOK", "DKK", "CHF", "AUD", "CAD", "PLN", "CZK", "NZD", "RON", "HUF",
-    "MXN", "JPY",
+    "USD", "EUR", "GBP", "SEK", "NOK", "DKK", "CHF", "AUD", "CAD", "PLN", "CZK", "NZD", "RON",
+    "HUF", "MXN", "JPY",
 ];
 
 /// A field, with JSON `null` treated as absent.

@@ -177,7 +177,10 @@ pub(crate) fn create_webhook(w: &mut World, ctx: &Ctx<'_>) -> ApiResponse {
     else {
         return ApiResponse::validation(missing);
     };
-    if w.webhooks.iter().any(|h| same_config(h, &url, &event_types)) {
+    if w.webhooks
+        .iter()
+        .any(|h| same_config(h, &url, &event_types))
+    {
         return duplicate();
     }
     let now = w.now();

@@ -102,7 +102,11 @@ pub(crate) fn cancel(w: &mut World, id: &str) -> ApiResponse {
             format!("A {} payment request cannot be canceled", pr.state),
         );
     }
-    match w.set_state(id, PrState::Canceled, Some(unconfirmed::CANCEL_STATE_REASON)) {
+    match w.set_state(
+        id,
+        PrState::Canceled,
+        Some(unconfirmed::CANCEL_STATE_REASON),
+    ) {
         Ok(()) => ApiResponse::json(200, w.pr_json(id)),
         Err(e) => ApiResponse::error(unconfirmed::PR_INVALID_STATE, e.to_string()),
     }

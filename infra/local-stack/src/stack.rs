@@ -1,0 +1,242 @@
+//! The whole system on the local AWS server: resources from the template, every function wired to
+//! its event source exactly as the template maps it, and the HTTP API.
+
+use crate::functions::{self, AuthorizerFn, HttpFn};
+use crate::http_api::HttpApi;
+use crate::pumps::{PumpError, SqsPump, StreamPump};
+use crate::resources::Resources;
+use crate::template::Template;
+use shared::crypto::Sealer;
+use shared::klarna::{KlarnaClient, KlarnaClientConfig, RetryPolicy, SigningKeys};
+use shared::store::Store;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::RwLock;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StackError {
+    #[error(transparent)]
+    Template(#[from] crate::template::TemplateError),
+    #[error(transparent)]
+    Resources(#[from] crate::resources::ResourceError),
+    #[error("configuration: {0}")]
+    Config(String),
+}
+
+/// The local AWS server's endpoint (`AWS_ENDPOINT_URL`, default `http://127.0.0.1:5000`).
+pub fn local_endpoint() -> String {
+    std::env::var("AWS_ENDPOINT_URL").unwrap_or_else(|_| "http://127.0.0.1:5000".into())
+}
+
+/// SDK configuration for the local server: only endpoint, region and dummy credentials differ
+/// from production, as configuration.
+pub async fn local_sdk_config() -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(local_endpoint())
+        .region(aws_config::Region::new(
+            std::env::var("AWS_REGION").unwrap_or_else(|_| crate::events::REGION.into()),
+        ))
+        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
+            "test", "test", None, None, "local",
+        ))
+        .load()
+        .await
+}
+
+pub struct StackOptions {
+    pub template_path: PathBuf,
+    /// Every resource name starts with it, so stacks never see each other.
+    pub prefix: String,
+    pub klarna_base_url: String,
+    pub klarna_api_key: String,
+    pub signing_keys: SigningKeys,
+    pub data_key_b64: String,
+    pub failed_visibility_secs: i32,
+    pub klarna_retry: RetryPolicy,
+    pub klarna_timeout: Duration,
+    pub replay_window: chrono::Duration,
+}
+
+impl StackOptions {
+    pub fn new(prefix: &str, klarna_base_url: &str, signing_keys: SigningKeys) -> Self {
+        Self {
+            template_path: crate::template_path(),
+            prefix: prefix.to_owned(),
+            klarna_base_url: klarna_base_url.to_owned(),
+            klarna_api_key: "klarna_test_api_local".into(),
+            signing_keys,
+            data_key_b64: Sealer::generate_key_base64().expect("system random source"),
+            failed_visibility_secs: 0,
+            klarna_retry: RetryPolicy {
+                max_attempts: 3,
+                base_delay: Duration::from_millis(20),
+                max_delay: Duration::from_millis(200),
+            },
+            klarna_timeout: Duration::from_secs(5),
+            replay_window: chrono::Duration::hours(72),
+        }
+    }
+}
+
+pub struct LocalStack {
+    pub template: Template,
+    pub resources: Resources,
+    pub sdk: aws_config::SdkConfig,
+    pub store: Store,
+    pub sqs: aws_sdk_sqs::Client,
+    pub api: Arc<HttpApi>,
+    pub sqs_pumps: Vec<SqsPump>,
+    pub stream_pumps: Vec<StreamPump>,
+    /// The webhook function's live keys: tests rotate them here.
+    pub signing_keys: Arc<RwLock<SigningKeys>>,
+}
+
+impl LocalStack {
+    pub async fn start(sdk: aws_config::SdkConfig, opts: StackOptions) -> Result<Self, StackError> {
+        let template = Template::load(&opts.template_path)?;
+        let resources = Resources::create(&sdk, &template, &opts.prefix).await?;
+        let sealer = Sealer::from_base64(&opts.data_key_b64).map_err(|e| StackError::Config(e.to_string()))?;
+        let store = Store::new(aws_sdk_dynamodb::Client::new(&sdk), resources.table.clone(), sealer);
+        let sqs = aws_sdk_sqs::Client::new(&sdk);
+        let klarna = KlarnaClient::new(KlarnaClientConfig {
+            base_url: opts.klarna_base_url.clone(),
+            api_key: shared::ids::SecretString::new(opts.klarna_api_key.clone()),
+            mtls_identity_pem: None,
+            connect_timeout: Duration::from_secs(2),
+            request_timeout: opts.klarna_timeout,
+            retry: opts.klarna_retry,
+        })
+        .map_err(|e| StackError::Config(e.to_string()))?;
+        let signing_keys = Arc::new(RwLock::new(opts.signing_keys.clone()));
+
+        let mut http: HashMap<&str, HttpFn> = HashMap::new();
+        http.insert(
+            "PartnerAuthorizeFunction",
+            functions::http(
+                Arc::new(partner_authorize::Deps { store: store.clone(), klarna: klarna.clone() }),
+                |d, r| async move { partner_authorize::handle(&d, r).await },
+            ),
+        );
+        http.insert(
+            "KlarnaWebhookFunction",
+            functions::http(
+                Arc::new(klarna_webhook::Deps {
+                    store: store.clone(),
+                    keys: klarna_webhook::KeyProvider::Static(signing_keys.clone()),
+                    replay_window: opts.replay_window,
+                }),
+                |d, r| async move { klarna_webhook::handle(&d, r).await },
+            ),
+        );
+        http.insert(
+            "TokenLifecycleFunction",
+            functions::http(
+                Arc::new(token_lifecycle::Deps { store: store.clone(), klarna: klarna.clone() }),
+                |d, r| async move { token_lifecycle::handle(&d, r).await },
+            ),
+        );
+        let authorizer_deps = Arc::new(partner_authorizer::Deps { store: store.clone() });
+        let authorizer: AuthorizerFn = Arc::new(move |req| {
+            let d = authorizer_deps.clone();
+            Box::pin(async move { partner_authorizer::handle(&d, req).await.map_err(|e| e.to_string()) })
+        });
+        let mut routes = Vec::new();
+        for r in &template.routes {
+            let f = http
+                .get(r.function.as_str())
+                .ok_or_else(|| StackError::Config(format!("no local handler for {}", r.function)))?;
+            routes.push((r.clone(), f.clone()));
+        }
+        let api = Arc::new(HttpApi { routes, authorizer: Some(authorizer) });
+
+        let step_up_deps = Arc::new(step_up_completion::Deps { store: store.clone(), klarna: klarna.clone() });
+        let mut sqs_pumps = Vec::new();
+        for m in &template.sqs_mappings {
+            let handler = match m.function.as_str() {
+                "StepUpCompletionFunction" => functions::sqs(step_up_deps.clone(), |d, e| async move { step_up_completion::handle(&d, e).await }),
+                other => return Err(StackError::Config(format!("no local handler for {other}"))),
+            };
+            sqs_pumps.push(SqsPump {
+                sqs: sqs.clone(),
+                queue_url: resources.queue_url(&m.queue).to_owned(),
+                queue_arn: resources.queue_arns.get(&m.queue).cloned().unwrap_or_default(),
+                batch_size: m.batch_size,
+                handler,
+                failed_visibility_secs: opts.failed_visibility_secs,
+            });
+        }
+        let fanout_deps = Arc::new(partner_fanout::Deps {
+            store: store.clone(),
+            sqs: sqs.clone(),
+            step_up_queue_url: resources.queue_url("StepUpQueue").to_owned(),
+        });
+        let mut stream_pumps = Vec::new();
+        for m in &template.stream_mappings {
+            let handler = match m.function.as_str() {
+                "PartnerFanoutFunction" => functions::stream(fanout_deps.clone(), |d, e| async move { partner_fanout::handle(&d, e).await }),
+                other => return Err(StackError::Config(format!("no local handler for {other}"))),
+            };
+            let arn = resources.stream_arn.clone().ok_or_else(|| StackError::Config("table has no stream".into()))?;
+            stream_pumps.push(StreamPump::new(
+                aws_sdk_dynamodbstreams::Client::new(&sdk),
+                sqs.clone(),
+                arn,
+                m.clone(),
+                m.on_failure_queue.as_deref().map(|q| resources.queue_url(q).to_owned()),
+                handler,
+            ));
+        }
+        Ok(Self { template, resources, sdk, store, sqs, api, sqs_pumps, stream_pumps, signing_keys })
+    }
+
+    /// One round of every event source mapping; returns the events delivered.
+    pub async fn pump_once(&self) -> Result<usize, PumpError> {
+        let mut n = 0;
+        for p in &self.stream_pumps {
+            n += p.poll_once().await?;
+        }
+        for p in &self.sqs_pumps {
+            n += p.poll_once().await?;
+        }
+        Ok(n)
+    }
+
+    /// Delivers events until nothing is left to deliver (bounded), like waiting for the system
+    /// to come to rest.
+    pub async fn settle(&self) -> Result<usize, PumpError> {
+        let mut total = 0;
+        let mut idle = 0;
+        for _ in 0..500 {
+            let n = self.pump_once().await?;
+            total += n;
+            if n == 0 {
+                idle += 1;
+                if idle >= 2 {
+                    return Ok(total);
+                }
+            } else {
+                idle = 0;
+            }
+        }
+        Err(PumpError("events kept arriving: the system did not come to rest".into()))
+    }
+
+    /// Pumps events in the background (the local runner).
+    pub fn spawn_pumps(self: &Arc<Self>, interval: Duration) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        tokio::spawn(async move {
+            loop {
+                match me.pump_once().await {
+                    Ok(0) => tokio::time::sleep(interval).await,
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::error!(error = %e, "event delivery failed");
+                        tokio::time::sleep(interval * 10).await;
+                    }
+                }
+            }
+        })
+    }
+}

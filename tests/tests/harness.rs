@@ -1,0 +1,203 @@
+//! The proving ground proves itself: Lambda's event delivery is reproduced faithfully, the store
+//! tells a lost race from a fault, and the template lints clean.
+
+use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse};
+use aws_lambda_events::event::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse};
+use integration_tests::{sdk, unique_prefix};
+use local_stack::functions::{SqsFn, StreamFn};
+use local_stack::pumps::{queue_depth, SqsPump, StreamPump};
+use local_stack::resources::Resources;
+use local_stack::template::Template;
+use serde::{Deserialize, Serialize};
+use shared::crypto::Sealer;
+use shared::store::{Store, StoreError};
+use std::sync::{Arc, Mutex};
+
+fn template() -> Template {
+    Template::load(&local_stack::template_path()).unwrap()
+}
+
+#[tokio::test]
+async fn sqs_partial_batch_redelivers_only_the_failed_message_then_dead_letters_it() {
+    let sdk = sdk().await;
+    let t = template();
+    let res = Resources::create(&sdk, &t, &unique_prefix("sqs")).await.unwrap();
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let queue = res.queue_url("StepUpQueue").to_owned();
+    let (dlq, max_receive) = t.queue("StepUpQueue").unwrap().redrive.clone().unwrap();
+    for body in ["a", "poison", "b"] {
+        sqs.send_message().queue_url(&queue).message_body(body).send().await.unwrap();
+    }
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let s = seen.clone();
+    let handler: SqsFn = Arc::new(move |event| {
+        let s = s.clone();
+        Box::pin(async move {
+            let mut resp = SqsBatchResponse::default();
+            for m in event.records {
+                let body = m.body.clone().unwrap_or_default();
+                s.lock().unwrap().push(body.clone());
+                if body == "poison" {
+                    let mut f = BatchItemFailure::default();
+                    f.item_identifier = m.message_id.clone().unwrap();
+                    resp.batch_item_failures.push(f);
+                }
+            }
+            resp
+        })
+    });
+    let mapping = t.sqs_mappings.iter().find(|m| m.queue == "StepUpQueue").unwrap();
+    let pump = SqsPump {
+        sqs: sqs.clone(),
+        queue_url: queue.clone(),
+        queue_arn: res.queue_arns["StepUpQueue"].clone(),
+        batch_size: 10,
+        handler,
+        failed_visibility_secs: 0,
+    };
+    assert!(mapping.report_batch_item_failures);
+    for _ in 0..20 {
+        if pump.poll_once().await.unwrap() == 0 {
+            break;
+        }
+    }
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.iter().filter(|b| *b == "a").count(), 1, "{seen:?}");
+    assert_eq!(seen.iter().filter(|b| *b == "b").count(), 1, "{seen:?}");
+    assert_eq!(
+        seen.iter().filter(|b| *b == "poison").count() as i64,
+        max_receive,
+        "the failed message is redelivered until maxReceiveCount: {seen:?}"
+    );
+    assert_eq!(queue_depth(&sqs, &queue).await.unwrap(), 0);
+    let dead = sqs.receive_message().queue_url(res.queue_url(&dlq)).send().await.unwrap().messages.unwrap_or_default();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].body(), Some("poison"));
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+struct Versioned {
+    pk: String,
+    sk: String,
+    state: String,
+    version: u64,
+}
+
+fn store(sdk: &aws_config::SdkConfig, table: &str) -> Store {
+    Store::new(
+        aws_sdk_dynamodb::Client::new(sdk),
+        table,
+        Sealer::from_base64(&Sealer::generate_key_base64().unwrap()).unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn stream_consumer_sees_old_and_new_images_of_a_conditional_update_and_the_filter_holds() {
+    let sdk = sdk().await;
+    let t = template();
+    let res = Resources::create(&sdk, &t, &unique_prefix("stream")).await.unwrap();
+    let store = store(&sdk, &res.table);
+    let v1 = Versioned { pk: "PARTNER#p".into(), sk: "PAYMENT#1".into(), state: "PENDING".into(), version: 1 };
+    store.put_new(&v1).await.unwrap();
+    let v2 = Versioned { state: "AUTHORIZED".into(), version: 2, ..v1.clone() };
+    store.put_if_version(&v2, 1).await.unwrap();
+
+    let seen: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
+    let handler = |seen: Arc<Mutex<Vec<serde_json::Value>>>, fail_first: bool| -> StreamFn {
+        let failed_once = Arc::new(Mutex::new(!fail_first));
+        Arc::new(move |event| {
+            let seen = seen.clone();
+            let failed_once = failed_once.clone();
+            Box::pin(async move {
+                let mut resp = DynamoDbEventResponse::default();
+                for r in &event.records {
+                    seen.lock().unwrap().push(serde_json::to_value(r).unwrap());
+                }
+                let mut done = failed_once.lock().unwrap();
+                if !*done {
+                    *done = true;
+                    let mut f = DynamoDbBatchItemFailure::default();
+                    f.item_identifier = event.records.last().and_then(|r| r.change.sequence_number.clone());
+                    resp.batch_item_failures.push(f);
+                }
+                resp
+            })
+        })
+    };
+    let arn = res.stream_arn.clone().unwrap();
+    let mut unfiltered = t.stream_mappings[0].clone();
+    unfiltered.filter_patterns.clear();
+    let pump = StreamPump::new(
+        aws_sdk_dynamodbstreams::Client::new(&sdk),
+        aws_sdk_sqs::Client::new(&sdk),
+        arn.clone(),
+        unfiltered,
+        None,
+        handler(seen.clone(), true),
+    );
+    while pump.poll_once().await.unwrap() > 0 {}
+    let records = seen.lock().unwrap().clone();
+    // INSERT, MODIFY, then the MODIFY again: a batch-item failure redelivers from that record.
+    let names: Vec<&str> = records.iter().map(|r| r["eventName"].as_str().unwrap()).collect();
+    assert_eq!(names, ["INSERT", "MODIFY", "MODIFY"], "{records:#?}");
+    let modify = &records[1]["dynamodb"];
+    assert_eq!(modify["StreamViewType"], "NEW_AND_OLD_IMAGES");
+    assert_eq!(modify["OldImage"]["version"]["N"], "1");
+    assert_eq!(modify["OldImage"]["state"]["S"], "PENDING");
+    assert_eq!(modify["NewImage"]["version"]["N"], "2");
+    assert_eq!(modify["NewImage"]["state"]["S"], "AUTHORIZED");
+
+    // The template's filter (outbox INSERTs only) keeps these records from the fan-out.
+    let filtered_seen: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
+    let filtered = StreamPump::new(
+        aws_sdk_dynamodbstreams::Client::new(&sdk),
+        aws_sdk_sqs::Client::new(&sdk),
+        arn,
+        t.stream_mappings[0].clone(),
+        None,
+        handler(filtered_seen.clone(), false),
+    );
+    while filtered.poll_once().await.unwrap() > 0 {}
+    assert!(filtered_seen.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_lost_race_is_a_typed_conflict_and_an_outage_is_a_retryable_fault() {
+    let sdk = sdk().await;
+    let res = Resources::create(&sdk, &template(), &unique_prefix("race")).await.unwrap();
+    let store = store(&sdk, &res.table);
+    let v1 = Versioned { pk: "PARTNER#p".into(), sk: "PAYMENT#2".into(), state: "PENDING".into(), version: 1 };
+    store.put_new(&v1).await.unwrap();
+    // Two writers read version 1; the first wins, the second loses the race.
+    let a = Versioned { state: "AUTHORIZED".into(), version: 2, ..v1.clone() };
+    let b = Versioned { state: "DECLINED".into(), version: 2, ..v1.clone() };
+    store.put_if_version(&a, 1).await.unwrap();
+    let lost = store.put_if_version(&b, 1).await.unwrap_err();
+    assert!(matches!(lost, StoreError::Conflict { .. }), "{lost:?}");
+    assert!(!lost.is_retryable());
+    assert!(matches!(store.put_new(&v1).await.unwrap_err(), StoreError::Conflict { .. }));
+    let stored: Versioned = store.get(&v1.pk, &v1.sk).await.unwrap().unwrap();
+    assert_eq!(stored, a);
+
+    // A store that cannot be reached is a fault, retryable, never a conflict.
+    let dead = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url("http://127.0.0.1:9")
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new("t", "t", None, None, "t"))
+        .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(1))
+        .load()
+        .await;
+    let fault = crate::store(&dead, &res.table).put_if_version(&b, 2).await.unwrap_err();
+    assert!(matches!(fault, StoreError::Unavailable(_)), "{fault:?}");
+    assert!(fault.is_retryable());
+}
+
+#[test]
+fn template_passes_cfn_lint_without_errors_or_warnings() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let lint = root.join(".venv-tools/bin/cfn-lint");
+    assert!(lint.exists(), "cfn-lint is not installed: run scripts/test.sh (it installs the tools)");
+    let out = std::process::Command::new(lint).arg("template.yaml").current_dir(&root).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && text.trim().is_empty(), "cfn-lint findings:\n{text}");
+}
