@@ -27,7 +27,11 @@ pub async fn store_from_env(sdk: &aws_config::SdkConfig) -> Result<Store, Bootst
         .get()
         .await?;
     let sealer = Sealer::from_base64(key.expose())?;
-    Ok(Store::new(aws_sdk_dynamodb::Client::new(sdk), table, sealer))
+    Ok(Store::new(
+        aws_sdk_dynamodb::Client::new(sdk),
+        table,
+        sealer,
+    ))
 }
 
 /// The Klarna client, from `KLARNA_BASE_URL`, `KLARNA_API_KEY[_SECRET_ID]` and optionally

@@ -108,8 +108,7 @@ async fn fetch_from_extension(id: &str) -> Result<SecretString, ConfigError> {
         .timeout(Duration::from_secs(3))
         .send()
         .await
-        .map_err(|e| err(e.without_url()
-                .to_string()))?;
+        .map_err(|e| err(e.without_url().to_string()))?;
     if !resp.status().is_success() {
         return Err(err(format!("extension answered {}", resp.status())));
     }
@@ -118,7 +117,9 @@ async fn fetch_from_extension(id: &str) -> Result<SecretString, ConfigError> {
         #[serde(rename = "SecretString")]
         secret_string: String,
     }
-    let a: Answer = resp.json().await.map_err(|e| err(e.without_url()
-                .to_string()))?;
+    let a: Answer = resp
+        .json()
+        .await
+        .map_err(|e| err(e.without_url().to_string()))?;
     Ok(SecretString::new(a.secret_string))
 }

@@ -164,7 +164,11 @@ mod tests {
             Sealer::from_base64("c2hvcnQ=").unwrap_err(),
             CryptoError::BadKey
         );
-        assert!(format!("{:?}", Sealer::from_base64(&Sealer::generate_key_base64().unwrap()).unwrap()).contains("***"));
+        assert!(format!(
+            "{:?}",
+            Sealer::from_base64(&Sealer::generate_key_base64().unwrap()).unwrap()
+        )
+        .contains("***"));
     }
 
     #[test]

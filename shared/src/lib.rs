@@ -43,8 +43,14 @@ pub mod idempotency {
     mod tests {
         #[test]
         fn keys_are_deterministic_and_distinct() {
-            assert_eq!(super::klarna_key("p1", "authorize"), super::klarna_key("p1", "authorize"));
-            assert_ne!(super::klarna_key("p1", "authorize"), super::klarna_key("p1", "final"));
+            assert_eq!(
+                super::klarna_key("p1", "authorize"),
+                super::klarna_key("p1", "authorize")
+            );
+            assert_ne!(
+                super::klarna_key("p1", "authorize"),
+                super::klarna_key("p1", "final")
+            );
             assert_ne!(super::derive(&["a:b", "c"]), super::derive(&["a", "b:c"]));
         }
     }
@@ -57,7 +63,11 @@ pub mod lambda {
         lambda_runtime::Diagnostic {
             error_type: format!(
                 "{}.{kind}",
-                if retryable { "Retryable" } else { "NonRetryable" }
+                if retryable {
+                    "Retryable"
+                } else {
+                    "NonRetryable"
+                }
             ),
             error_message: message,
         }

@@ -171,12 +171,18 @@ impl WebhookSecret {
     }
 
     pub fn generate() -> Result<String, crypto::CryptoError> {
-        Ok(format!("whsec_{}", STANDARD.encode(crypto::random_bytes(24)?)))
+        Ok(format!(
+            "whsec_{}",
+            STANDARD.encode(crypto::random_bytes(24)?)
+        ))
     }
 
     fn sign_one(&self, id: &str, timestamp: i64, body: &str) -> String {
         let signed = format!("{id}.{timestamp}.{body}");
-        format!("v1,{}", crypto::hmac_sha256_base64(&self.0, signed.as_bytes()))
+        format!(
+            "v1,{}",
+            crypto::hmac_sha256_base64(&self.0, signed.as_bytes())
+        )
     }
 }
 
@@ -234,7 +240,15 @@ mod tests {
             "v1,tZ1I4/hDygAJgO5TYxiSd6Sd0kDW6hPenDe+bTa3Kkw="
         );
         assert_eq!(
-            verify(&s, ID, TS, "v1,tZ1I4/hDygAJgO5TYxiSd6Sd0kDW6hPenDe+bTa3Kkw=", BODY, TS + 10, 300),
+            verify(
+                &s,
+                ID,
+                TS,
+                "v1,tZ1I4/hDygAJgO5TYxiSd6Sd0kDW6hPenDe+bTa3Kkw=",
+                BODY,
+                TS + 10,
+                300
+            ),
             Ok(())
         );
     }

@@ -63,7 +63,10 @@ pub async fn create(
 }
 
 /// The partner's live notification secrets (several while one rotates).
-pub fn notification_secrets(store: &Store, p: &PartnerRecord) -> Result<Vec<WebhookSecret>, StoreError> {
+pub fn notification_secrets(
+    store: &Store,
+    p: &PartnerRecord,
+) -> Result<Vec<WebhookSecret>, StoreError> {
     p.notification_secrets_sealed
         .iter()
         .map(|s| {

@@ -100,7 +100,8 @@ pub fn payment_notification(
     Some(Notification {
         event_id: NotificationId::new(format!(
             "evt_{}",
-            crate::idempotency::derive(&[payment.payment_id.as_str(), payment.state.as_str()]).simple()
+            crate::idempotency::derive(&[payment.payment_id.as_str(), payment.state.as_str()])
+                .simple()
         )),
         event_type,
         event_version: CONTRACT_VERSION.to_owned(),
@@ -199,11 +200,13 @@ pub struct TokenView {
 impl PaymentView {
     pub fn of(p: &PaymentRecord, issued: Option<&IssuedToken>) -> Self {
         let step_up = match (p.state, &p.payment_request_id) {
-            (PaymentState::StepUpPending | PaymentState::StepUpCompleted, Some(id)) => Some(StepUpView {
-                payment_request_id: id.clone(),
-                payment_request_url: p.payment_request_url.clone(),
-                expires_at: p.step_up_expires_at,
-            }),
+            (PaymentState::StepUpPending | PaymentState::StepUpCompleted, Some(id)) => {
+                Some(StepUpView {
+                    payment_request_id: id.clone(),
+                    payment_request_url: p.payment_request_url.clone(),
+                    expires_at: p.step_up_expires_at,
+                })
+            }
             _ => None,
         };
         let token = match (issued, &p.token_id) {

@@ -6,7 +6,7 @@ use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
 use klarna_sim::{SimConfig, SimHandle, Simulator};
 use local_stack::{HttpRequest, HttpResponse, LocalStack, StackOptions};
 use serde_json::Value;
-use shared::ids::{KlarnaAccountId, PartnerId, SigningKeyId, SecretString};
+use shared::ids::{KlarnaAccountId, PartnerId, SecretString, SigningKeyId};
 use shared::klarna::SigningKeys;
 use shared::notify::{self, Notification, WebhookSecret};
 use shared::store::records::Subscription;
@@ -22,7 +22,11 @@ pub async fn sdk() -> aws_config::SdkConfig {
 
 /// A resource prefix no other test uses.
 pub fn unique_prefix(name: &str) -> String {
-    format!("t{}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8], name)
+    format!(
+        "t{}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8],
+        name
+    )
 }
 
 pub struct World {
@@ -56,19 +60,39 @@ pub struct Received {
 
 impl World {
     pub async fn new(name: &str) -> World {
-        Self::with(name, SimConfig { time_scale: 0.001, ..SimConfig::default() }, |_| {}).await
+        Self::with(
+            name,
+            SimConfig {
+                time_scale: 0.001,
+                ..SimConfig::default()
+            },
+            |_| {},
+        )
+        .await
     }
 
     /// A world with a customised simulator and stack.
-    pub async fn with(name: &str, sim_config: SimConfig, tweak: impl FnOnce(&mut StackOptions)) -> World {
+    pub async fn with(
+        name: &str,
+        sim_config: SimConfig,
+        tweak: impl FnOnce(&mut StackOptions),
+    ) -> World {
         let prefix = unique_prefix(name);
-        let sim = Simulator::start(sim_config).await.expect("simulator starts");
+        let sim = Simulator::start(sim_config)
+            .await
+            .expect("simulator starts");
         let mut opts = StackOptions::new(&prefix, &sim.base_url(), SigningKeys::default());
         tweak(&mut opts);
-        let stack = Arc::new(LocalStack::start(sdk().await, opts).await.expect("local stack starts (is the local AWS server running? scripts/local-aws.sh start)"));
-        let (addr, _server) = local_stack::http_api::serve(stack.api.clone(), "127.0.0.1:0".parse().unwrap(), axum_router())
-            .await
-            .expect("HTTP API binds");
+        let stack = Arc::new(LocalStack::start(sdk().await, opts).await.expect(
+            "local stack starts (is the local AWS server running? scripts/local-aws.sh start)",
+        ));
+        let (addr, _server) = local_stack::http_api::serve(
+            stack.api.clone(),
+            "127.0.0.1:0".parse().unwrap(),
+            axum_router(),
+        )
+        .await
+        .expect("HTTP API binds");
         let api_url = format!("http://{addr}");
         let http = reqwest::Client::new();
         // Onboard Klarna's webhooks as an operator would: a signing key, then the webhook.
@@ -82,7 +106,10 @@ impl World {
             .json()
             .await
             .unwrap();
-        let signing_key_id = key["signing_key_id"].as_str().expect("signing_key_id").to_owned();
+        let signing_key_id = key["signing_key_id"]
+            .as_str()
+            .expect("signing_key_id")
+            .to_owned();
         let signing_secret = key["signing_key"].as_str().expect("signing_key").to_owned();
         let status = http
             .post(format!("{}/v2/notification/webhooks", sim.base_url()))
@@ -103,7 +130,15 @@ impl World {
             SigningKeyId::new(&signing_key_id),
             SecretString::new(&signing_secret),
         )]);
-        World { sim, stack, api_url, prefix, signing_key_id, signing_secret, http }
+        World {
+            sim,
+            stack,
+            api_url,
+            prefix,
+            signing_key_id,
+            signing_secret,
+            http,
+        }
     }
 
     pub fn sqs(&self) -> &aws_sdk_sqs::Client {
@@ -138,20 +173,27 @@ impl World {
             .attributes(QueueAttributeName::FifoQueue, "true")
             .attributes(
                 QueueAttributeName::RedrivePolicy,
-                serde_json::json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": 5}).to_string(),
+                serde_json::json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": 5})
+                    .to_string(),
             )
             .send()
             .await
             .unwrap()
             .queue_url
             .unwrap();
-        let id = PartnerId::new(format!("{name}-{}", &uuid::Uuid::new_v4().simple().to_string()[..6]));
+        let id = PartnerId::new(format!(
+            "{name}-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..6]
+        ));
         let created = shared::partners::create(
             &self.stack.store,
             id.clone(),
             name,
             KlarnaAccountId::new(self.sim.partner_account_id()),
-            vec![Subscription { queue_url: queue_url.clone(), event_types: filters.iter().map(|s| s.to_string()).collect() }],
+            vec![Subscription {
+                queue_url: queue_url.clone(),
+                event_types: filters.iter().map(|s| s.to_string()).collect(),
+            }],
         )
         .await
         .expect("partner created");
@@ -165,7 +207,14 @@ impl World {
     }
 
     /// A request through the local HTTP API (over TCP, as a partner sends it).
-    pub async fn call(&self, method: &str, path: &str, api_key: Option<&SecretString>, idempotency_key: Option<&str>, body: Option<&Value>) -> HttpResponse {
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        api_key: Option<&SecretString>,
+        idempotency_key: Option<&str>,
+        body: Option<&Value>,
+    ) -> HttpResponse {
         let mut headers = vec![("content-type".to_owned(), "application/json".to_owned())];
         if let Some(k) = api_key {
             headers.push(("authorization".into(), format!("Bearer {}", k.expose())));
@@ -192,7 +241,12 @@ impl World {
     /// settles the system.
     pub async fn settle_webhooks(&self, n: usize) {
         for _ in 0..200 {
-            let ok = self.sim.deliveries().iter().filter(|d| d.status.is_some_and(|s| (200..300).contains(&s))).count();
+            let ok = self
+                .sim
+                .deliveries()
+                .iter()
+                .filter(|d| d.status.is_some_and(|s| (200..300).contains(&s)))
+                .count();
             if ok >= n {
                 break;
             }
@@ -222,16 +276,39 @@ impl World {
             }
             for m in messages {
                 let attrs = m.message_attributes().cloned().unwrap_or_default();
-                let attr = |k: &str| attrs.get(k).and_then(|v| v.string_value()).unwrap_or_default().to_owned();
+                let attr = |k: &str| {
+                    attrs
+                        .get(k)
+                        .and_then(|v| v.string_value())
+                        .unwrap_or_default()
+                        .to_owned()
+                };
                 let body = m.body().unwrap_or_default().to_owned();
-                let (id, ts, sig) = (attr("webhook-id"), attr("webhook-timestamp"), attr("webhook-signature"));
-                notify::verify(&partner.secret, &id, ts.parse().unwrap(), &sig, &body, chrono::Utc::now().timestamp(), 300)
-                    .expect("notification signature verifies");
+                let (id, ts, sig) = (
+                    attr("webhook-id"),
+                    attr("webhook-timestamp"),
+                    attr("webhook-signature"),
+                );
+                notify::verify(
+                    &partner.secret,
+                    &id,
+                    ts.parse().unwrap(),
+                    &sig,
+                    &body,
+                    chrono::Utc::now().timestamp(),
+                    300,
+                )
+                .expect("notification signature verifies");
                 let group_id = m
                     .attributes()
                     .and_then(|a| a.get(&MessageSystemAttributeName::MessageGroupId).cloned());
-                let notification: Notification = serde_json::from_str(&body).expect("notification parses");
-                assert_eq!(notification.event_id.as_str(), id, "webhook-id is the event id");
+                let notification: Notification =
+                    serde_json::from_str(&body).expect("notification parses");
+                assert_eq!(
+                    notification.event_id.as_str(),
+                    id,
+                    "webhook-id is the event id"
+                );
                 self.sqs()
                     .delete_message()
                     .queue_url(&partner.queue_url)
@@ -239,7 +316,12 @@ impl World {
                     .send()
                     .await
                     .unwrap();
-                out.push(Received { notification, body, group_id, webhook_id: id });
+                out.push(Received {
+                    notification,
+                    body,
+                    group_id,
+                    webhook_id: id,
+                });
             }
         }
     }

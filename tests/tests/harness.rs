@@ -21,12 +21,19 @@ fn template() -> Template {
 async fn sqs_partial_batch_redelivers_only_the_failed_message_then_dead_letters_it() {
     let sdk = sdk().await;
     let t = template();
-    let res = Resources::create(&sdk, &t, &unique_prefix("sqs")).await.unwrap();
+    let res = Resources::create(&sdk, &t, &unique_prefix("sqs"))
+        .await
+        .unwrap();
     let sqs = aws_sdk_sqs::Client::new(&sdk);
     let queue = res.queue_url("StepUpQueue").to_owned();
     let (dlq, max_receive) = t.queue("StepUpQueue").unwrap().redrive.clone().unwrap();
     for body in ["a", "poison", "b"] {
-        sqs.send_message().queue_url(&queue).message_body(body).send().await.unwrap();
+        sqs.send_message()
+            .queue_url(&queue)
+            .message_body(body)
+            .send()
+            .await
+            .unwrap();
     }
     let seen: Arc<Mutex<Vec<String>>> = Arc::default();
     let s = seen.clone();
@@ -46,7 +53,11 @@ async fn sqs_partial_batch_redelivers_only_the_failed_message_then_dead_letters_
             resp
         })
     });
-    let mapping = t.sqs_mappings.iter().find(|m| m.queue == "StepUpQueue").unwrap();
+    let mapping = t
+        .sqs_mappings
+        .iter()
+        .find(|m| m.queue == "StepUpQueue")
+        .unwrap();
     let pump = SqsPump {
         sqs: sqs.clone(),
         queue_url: queue.clone(),
@@ -70,7 +81,14 @@ async fn sqs_partial_batch_redelivers_only_the_failed_message_then_dead_letters_
         "the failed message is redelivered until maxReceiveCount: {seen:?}"
     );
     assert_eq!(queue_depth(&sqs, &queue).await.unwrap(), 0);
-    let dead = sqs.receive_message().queue_url(res.queue_url(&dlq)).send().await.unwrap().messages.unwrap_or_default();
+    let dead = sqs
+        .receive_message()
+        .queue_url(res.queue_url(&dlq))
+        .send()
+        .await
+        .unwrap()
+        .messages
+        .unwrap_or_default();
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].body(), Some("poison"));
 }
@@ -95,11 +113,22 @@ fn store(sdk: &aws_config::SdkConfig, table: &str) -> Store {
 async fn stream_consumer_sees_old_and_new_images_of_a_conditional_update_and_the_filter_holds() {
     let sdk = sdk().await;
     let t = template();
-    let res = Resources::create(&sdk, &t, &unique_prefix("stream")).await.unwrap();
+    let res = Resources::create(&sdk, &t, &unique_prefix("stream"))
+        .await
+        .unwrap();
     let store = store(&sdk, &res.table);
-    let v1 = Versioned { pk: "PARTNER#p".into(), sk: "PAYMENT#1".into(), state: "PENDING".into(), version: 1 };
+    let v1 = Versioned {
+        pk: "PARTNER#p".into(),
+        sk: "PAYMENT#1".into(),
+        state: "PENDING".into(),
+        version: 1,
+    };
     store.put_new(&v1).await.unwrap();
-    let v2 = Versioned { state: "AUTHORIZED".into(), version: 2, ..v1.clone() };
+    let v2 = Versioned {
+        state: "AUTHORIZED".into(),
+        version: 2,
+        ..v1.clone()
+    };
     store.put_if_version(&v2, 1).await.unwrap();
 
     let seen: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
@@ -117,7 +146,10 @@ async fn stream_consumer_sees_old_and_new_images_of_a_conditional_update_and_the
                 if !*done {
                     *done = true;
                     let mut f = DynamoDbBatchItemFailure::default();
-                    f.item_identifier = event.records.last().and_then(|r| r.change.sequence_number.clone());
+                    f.item_identifier = event
+                        .records
+                        .last()
+                        .and_then(|r| r.change.sequence_number.clone());
                     resp.batch_item_failures.push(f);
                 }
                 resp
@@ -138,7 +170,10 @@ async fn stream_consumer_sees_old_and_new_images_of_a_conditional_update_and_the
     while pump.poll_once().await.unwrap() > 0 {}
     let records = seen.lock().unwrap().clone();
     // INSERT, MODIFY, then the MODIFY again: a batch-item failure redelivers from that record.
-    let names: Vec<&str> = records.iter().map(|r| r["eventName"].as_str().unwrap()).collect();
+    let names: Vec<&str> = records
+        .iter()
+        .map(|r| r["eventName"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["INSERT", "MODIFY", "MODIFY"], "{records:#?}");
     let modify = &records[1]["dynamodb"];
     assert_eq!(modify["StreamViewType"], "NEW_AND_OLD_IMAGES");
@@ -164,18 +199,36 @@ async fn stream_consumer_sees_old_and_new_images_of_a_conditional_update_and_the
 #[tokio::test]
 async fn a_lost_race_is_a_typed_conflict_and_an_outage_is_a_retryable_fault() {
     let sdk = sdk().await;
-    let res = Resources::create(&sdk, &template(), &unique_prefix("race")).await.unwrap();
+    let res = Resources::create(&sdk, &template(), &unique_prefix("race"))
+        .await
+        .unwrap();
     let store = store(&sdk, &res.table);
-    let v1 = Versioned { pk: "PARTNER#p".into(), sk: "PAYMENT#2".into(), state: "PENDING".into(), version: 1 };
+    let v1 = Versioned {
+        pk: "PARTNER#p".into(),
+        sk: "PAYMENT#2".into(),
+        state: "PENDING".into(),
+        version: 1,
+    };
     store.put_new(&v1).await.unwrap();
     // Two writers read version 1; the first wins, the second loses the race.
-    let a = Versioned { state: "AUTHORIZED".into(), version: 2, ..v1.clone() };
-    let b = Versioned { state: "DECLINED".into(), version: 2, ..v1.clone() };
+    let a = Versioned {
+        state: "AUTHORIZED".into(),
+        version: 2,
+        ..v1.clone()
+    };
+    let b = Versioned {
+        state: "DECLINED".into(),
+        version: 2,
+        ..v1.clone()
+    };
     store.put_if_version(&a, 1).await.unwrap();
     let lost = store.put_if_version(&b, 1).await.unwrap_err();
     assert!(matches!(lost, StoreError::Conflict { .. }), "{lost:?}");
     assert!(!lost.is_retryable());
-    assert!(matches!(store.put_new(&v1).await.unwrap_err(), StoreError::Conflict { .. }));
+    assert!(matches!(
+        store.put_new(&v1).await.unwrap_err(),
+        StoreError::Conflict { .. }
+    ));
     let stored: Versioned = store.get(&v1.pk, &v1.sk).await.unwrap().unwrap();
     assert_eq!(stored, a);
 
@@ -183,11 +236,16 @@ async fn a_lost_race_is_a_typed_conflict_and_an_outage_is_a_retryable_fault() {
     let dead = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .endpoint_url("http://127.0.0.1:9")
         .region(aws_config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new("t", "t", None, None, "t"))
+        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
+            "t", "t", None, None, "t",
+        ))
         .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(1))
         .load()
         .await;
-    let fault = crate::store(&dead, &res.table).put_if_version(&b, 2).await.unwrap_err();
+    let fault = crate::store(&dead, &res.table)
+        .put_if_version(&b, 2)
+        .await
+        .unwrap_err();
     assert!(matches!(fault, StoreError::Unavailable(_)), "{fault:?}");
     assert!(fault.is_retryable());
 }
@@ -196,8 +254,22 @@ async fn a_lost_race_is_a_typed_conflict_and_an_outage_is_a_retryable_fault() {
 fn template_passes_cfn_lint_without_errors_or_warnings() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let lint = root.join(".venv-tools/bin/cfn-lint");
-    assert!(lint.exists(), "cfn-lint is not installed: run scripts/test.sh (it installs the tools)");
-    let out = std::process::Command::new(lint).arg("template.yaml").current_dir(&root).output().unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success() && text.trim().is_empty(), "cfn-lint findings:\n{text}");
+    assert!(
+        lint.exists(),
+        "cfn-lint is not installed: run scripts/test.sh (it installs the tools)"
+    );
+    let out = std::process::Command::new(lint)
+        .arg("template.yaml")
+        .current_dir(&root)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && text.trim().is_empty(),
+        "cfn-lint findings:\n{text}"
+    );
 }

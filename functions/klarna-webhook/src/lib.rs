@@ -48,7 +48,10 @@ impl KeyProvider {
         match self {
             KeyProvider::Static(k) => Ok(k.read().await.clone()),
             KeyProvider::Secret(s) => {
-                let json = s.get().await.map_err(|e| WebhookError::Keys(e.to_string()))?;
+                let json = s
+                    .get()
+                    .await
+                    .map_err(|e| WebhookError::Keys(e.to_string()))?;
                 SigningKeys::from_json(json.expose()).map_err(|e| WebhookError::Keys(e.to_string()))
             }
         }
@@ -79,7 +82,9 @@ impl WebhookError {
     fn into_api_error(self) -> ApiError {
         match self {
             WebhookError::Refused(e) => e,
-            WebhookError::Store(e) if !e.is_retryable() => ApiError::new(500, "internal_error", "internal error"),
+            WebhookError::Store(e) if !e.is_retryable() => {
+                ApiError::new(500, "internal_error", "internal error")
+            }
             WebhookError::Store(_) | WebhookError::Keys(_) | WebhookError::Contention => {
                 ApiError::new(503, "temporarily_unavailable", "retry later")
             }
@@ -116,7 +121,11 @@ fn refuse(code: &'static str, message: impl Into<String>) -> WebhookError {
     WebhookError::Refused(ApiError::new(400, code, message))
 }
 
-async fn process(deps: &Deps, req: &ApiGatewayV2httpRequest, now: DateTime<Utc>) -> Result<KlarnaEventOutcome, WebhookError> {
+async fn process(
+    deps: &Deps,
+    req: &ApiGatewayV2httpRequest,
+    now: DateTime<Utc>,
+) -> Result<KlarnaEventOutcome, WebhookError> {
     let body = h::body_bytes(req, BODY_LIMIT).map_err(WebhookError::Refused)?;
     let key_id = h::header(req, "klarna-signing-key-id");
     let keys = deps.keys.current().await?;
@@ -129,7 +138,10 @@ async fn process(deps: &Deps, req: &ApiGatewayV2httpRequest, now: DateTime<Utc>)
         Err(e) => {
             // Signed by Klarna but unreadable: keep it for an operator, answer 400.
             keep_rejected(deps, &body, "malformed", now).await?;
-            return Err(refuse("malformed_event", format!("signed body is not a Klarna event: {e}")));
+            return Err(refuse(
+                "malformed_event",
+                format!("signed body is not a Klarna event: {e}"),
+            ));
         }
     };
     let m = &envelope.metadata;
@@ -137,13 +149,21 @@ async fn process(deps: &Deps, req: &ApiGatewayV2httpRequest, now: DateTime<Utc>)
     span.record("event_id", m.event_id.as_str());
     span.record("event_type", m.event_type.as_str());
     if m.occurred_at < now - deps.replay_window {
-        return Err(refuse("stale_event", "occurred_at is outside the replay window"));
+        return Err(refuse(
+            "stale_event",
+            "occurred_at is outside the replay window",
+        ));
     }
     if m.occurred_at > now + FUTURE_SKEW {
         return Err(refuse("future_event", "occurred_at is in the future"));
     }
     let event_pk = klarna_event_pk(&m.event_id);
-    if deps.store.get::<KlarnaEventRecord>(&event_pk, "EVENT").await?.is_some() {
+    if deps
+        .store
+        .get::<KlarnaEventRecord>(&event_pk, "EVENT")
+        .await?
+        .is_some()
+    {
         tracing::info!("duplicate delivery");
         return Ok(KlarnaEventOutcome::NoOp);
     }
@@ -159,18 +179,32 @@ async fn process(deps: &Deps, req: &ApiGatewayV2httpRequest, now: DateTime<Utc>)
         ttl: (now + deps.replay_window + DEDUPE_MARGIN).timestamp(),
     };
     let event = StepUpEvent::from_event_type(&m.event_type).filter(|_| {
-        m.event_version.as_deref().is_none_or(|v| v == "v2" || v == "v1")
+        m.event_version
+            .as_deref()
+            .is_none_or(|v| v == "v2" || v == "v1")
     });
-    let change: Option<PaymentRequestChange> = serde_json::from_value(envelope.payload.clone()).ok();
+    let change: Option<PaymentRequestChange> =
+        serde_json::from_value(envelope.payload.clone()).ok();
     let (Some(event), Some(change)) = (event, change) else {
         // Acknowledged so Klarna does not retry forever; kept for inspection.
-        let mut r = record(KlarnaEventOutcome::Unmatched, None, Some("unknown event type, version or payload"));
+        let mut r = record(
+            KlarnaEventOutcome::Unmatched,
+            None,
+            Some("unknown event type, version or payload"),
+        );
         r.body_sealed = Some(seal(deps, &body, &event_pk)?);
         return put_event(deps, &r).await;
     };
-    let link: Option<PaymentRequestLink> = deps.store.get(&payment_request_pk(&change.payment_request_id), "LINK").await?;
+    let link: Option<PaymentRequestLink> = deps
+        .store
+        .get(&payment_request_pk(&change.payment_request_id), "LINK")
+        .await?;
     let Some(link) = link else {
-        let mut r = record(KlarnaEventOutcome::Unmatched, None, Some("no payment for this payment request"));
+        let mut r = record(
+            KlarnaEventOutcome::Unmatched,
+            None,
+            Some("no payment for this payment request"),
+        );
         r.body_sealed = Some(seal(deps, &body, &event_pk)?);
         tracing::warn!("event for an unknown payment request kept for inspection");
         return put_event(deps, &r).await;
@@ -193,7 +227,11 @@ async fn process(deps: &Deps, req: &ApiGatewayV2httpRequest, now: DateTime<Utc>)
                 let recorded = event == StepUpEvent::InProgress
                     && payment.state == PaymentState::StepUpPending
                     && payment.payment_request_state.as_deref() == Some("SUBMITTED");
-                tx.put_new(&record(KlarnaEventOutcome::NoOp, Some(link.payment_id.clone()), Some(payment.state.as_str())))?;
+                tx.put_new(&record(
+                    KlarnaEventOutcome::NoOp,
+                    Some(link.payment_id.clone()),
+                    Some(payment.state.as_str()),
+                ))?;
                 if recorded {
                     next.payment_request_state = Some("IN_PROGRESS".into());
                     next.version += 1;
@@ -212,22 +250,32 @@ async fn process(deps: &Deps, req: &ApiGatewayV2httpRequest, now: DateTime<Utc>)
                 next.version += 1;
                 next.updated_at = now;
                 next.payment_request_state = change.state.clone();
-                tx.put_new(&record(KlarnaEventOutcome::Applied, Some(link.payment_id.clone()), None))?;
+                tx.put_new(&record(
+                    KlarnaEventOutcome::Applied,
+                    Some(link.payment_id.clone()),
+                    None,
+                ))?;
                 match event {
                     StepUpEvent::Completed => {
                         next.session_token_received_at = Some(now);
                         if let Some(t) = session_token_of(&envelope.payload) {
-                            next.session_token_sealed = Some(seal(deps, t.expose().as_bytes(), &sk)?);
+                            next.session_token_sealed =
+                                Some(seal(deps, t.expose().as_bytes(), &sk)?);
                         }
                         if let Some(t) = customer_token_of(&envelope.payload) {
-                            next.completed_customer_token_sealed = Some(seal(deps, t.expose().as_bytes(), &sk)?);
+                            next.completed_customer_token_sealed =
+                                Some(seal(deps, t.expose().as_bytes(), &sk)?);
                         }
                         // The final authorize runs from the step-up queue; the job is written
                         // with the transition, so it cannot be lost (R2).
-                        let job = FinalizeJob { partner_id: link.partner_id.clone(), payment_id: link.payment_id.clone() };
+                        let job = FinalizeJob {
+                            partner_id: link.partner_id.clone(),
+                            payment_id: link.payment_id.clone(),
+                        };
                         let job_id = NotificationId::new(format!(
                             "job_{}",
-                            shared::idempotency::derive(&[link.payment_id.as_str(), "finalize"]).simple()
+                            shared::idempotency::derive(&[link.payment_id.as_str(), "finalize"])
+                                .simple()
                         ));
                         tx.finalize_job(&job_id, &job, now)?;
                     }
@@ -264,7 +312,9 @@ enum Committed {
 async fn commit(tx: shared::store::Tx<'_>, event_index: usize) -> Result<Committed, StoreError> {
     match tx.commit().await {
         Ok(()) => Ok(Committed::Yes),
-        Err(StoreError::Conflict { failed }) if failed.contains(&event_index) => Ok(Committed::Duplicate),
+        Err(StoreError::Conflict { failed }) if failed.contains(&event_index) => {
+            Ok(Committed::Duplicate)
+        }
         Err(StoreError::Conflict { .. }) => Ok(Committed::Raced),
         Err(e) => Err(e),
     }
@@ -285,8 +335,16 @@ fn seal(deps: &Deps, bytes: &[u8], aad: &str) -> Result<String, WebhookError> {
 }
 
 /// Keeps a signed but unusable body for an operator (sealed: it may carry personal data).
-async fn keep_rejected(deps: &Deps, body: &[u8], why: &str, now: DateTime<Utc>) -> Result<(), WebhookError> {
-    let id = KlarnaEventId::new(format!("rejected-{}", &shared::crypto::sha256_hex(body)[..32]));
+async fn keep_rejected(
+    deps: &Deps,
+    body: &[u8],
+    why: &str,
+    now: DateTime<Utc>,
+) -> Result<(), WebhookError> {
+    let id = KlarnaEventId::new(format!(
+        "rejected-{}",
+        &shared::crypto::sha256_hex(body)[..32]
+    ));
     let pk = klarna_event_pk(&id);
     let r = KlarnaEventRecord {
         body_sealed: Some(seal(deps, body, &pk)?),

@@ -13,7 +13,10 @@ async fn main() -> Result<(), Error> {
     let deps = klarna_webhook::Deps {
         store: shared::bootstrap::store_from_env(&sdk).await?,
         keys: klarna_webhook::KeyProvider::Secret(keys),
-        replay_window: chrono::Duration::hours(config::parse_or("WEBHOOK_REPLAY_WINDOW_HOURS", 72)?),
+        replay_window: chrono::Duration::hours(config::parse_or(
+            "WEBHOOK_REPLAY_WINDOW_HOURS",
+            72,
+        )?),
     };
     let deps = &deps;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<_>| async move {

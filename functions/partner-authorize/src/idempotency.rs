@@ -23,11 +23,14 @@ pub enum Claim {
 /// Validates the `Idempotency-Key` header.
 pub fn key(header: Option<&str>) -> Result<String, ApiError> {
     let k = header.ok_or_else(|| {
-        ApiError::bad_request("the Idempotency-Key header is required on POST").field("Idempotency-Key")
+        ApiError::bad_request("the Idempotency-Key header is required on POST")
+            .field("Idempotency-Key")
     })?;
     if k.is_empty() || k.len() > 255 || !k.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(ApiError::bad_request("Idempotency-Key must be 1 to 255 visible ASCII characters")
-            .field("Idempotency-Key"));
+        return Err(ApiError::bad_request(
+            "Idempotency-Key must be 1 to 255 visible ASCII characters",
+        )
+        .field("Idempotency-Key"));
     }
     Ok(k.to_owned())
 }
@@ -67,7 +70,11 @@ pub async fn claim(
         )
         .field("Idempotency-Key")));
     }
-    match (existing.status, existing.response_status, &existing.response_body_sealed) {
+    match (
+        existing.status,
+        existing.response_status,
+        &existing.response_body_sealed,
+    ) {
         (IdempotencyStatus::Completed, Some(status), Some(sealed)) => {
             let body = store
                 .sealer()
@@ -107,7 +114,10 @@ pub fn completed(
 /// Only our own claim is removed (matched on its lease).
 pub async fn release(store: &Store, claim: &IdempotencyRecord) {
     let lease = aws_sdk_dynamodb::types::AttributeValue::N(claim.lease_until_ms.to_string());
-    if let Err(e) = store.delete_if(&claim.pk, &claim.sk, "lease_until_ms", lease).await {
+    if let Err(e) = store
+        .delete_if(&claim.pk, &claim.sk, "lease_until_ms", lease)
+        .await
+    {
         // The lease expires on its own; the partner's retry then proceeds.
         tracing::warn!(error = %e, "could not release the idempotency claim");
     }

@@ -51,9 +51,12 @@ impl AuthorizeError {
     fn into_api_error(self) -> ApiError {
         match self {
             AuthorizeError::Refused(e) => e,
-            AuthorizeError::Store(e) if e.is_retryable() => {
-                ApiError::new(503, "temporarily_unavailable", "storage is unavailable; retry with the same Idempotency-Key").retry_after(1)
-            }
+            AuthorizeError::Store(e) if e.is_retryable() => ApiError::new(
+                503,
+                "temporarily_unavailable",
+                "storage is unavailable; retry with the same Idempotency-Key",
+            )
+            .retry_after(1),
             AuthorizeError::Store(_) => ApiError::new(500, "internal_error", "internal error"),
             AuthorizeError::Klarna(e) if e.is_retryable() => ApiError::new(
                 503,
@@ -86,7 +89,12 @@ pub async fn handle(deps: &Deps, req: ApiGatewayV2httpRequest) -> ApiGatewayV2ht
                 if level_error {
                     tracing::error!(status = api.status, code = api.code, "request failed");
                 } else {
-                    tracing::info!(status = api.status, code = api.code, field = api.field.as_deref(), "request refused");
+                    tracing::info!(
+                        status = api.status,
+                        code = api.code,
+                        field = api.field.as_deref(),
+                        "request refused"
+                    );
                 }
                 api.into_response()
             }
@@ -96,7 +104,10 @@ pub async fn handle(deps: &Deps, req: ApiGatewayV2httpRequest) -> ApiGatewayV2ht
     .await
 }
 
-async fn route(deps: &Deps, req: &ApiGatewayV2httpRequest) -> Result<ApiGatewayV2httpResponse, AuthorizeError> {
+async fn route(
+    deps: &Deps,
+    req: &ApiGatewayV2httpRequest,
+) -> Result<ApiGatewayV2httpResponse, AuthorizeError> {
     let partner_id = h::partner_id(req)
         .ok_or_else(|| ApiError::new(401, "unauthorized", "no partner identity"))?;
     tracing::Span::current().record("partner_id", partner_id.as_str());
@@ -119,7 +130,10 @@ async fn route(deps: &Deps, req: &ApiGatewayV2httpRequest) -> Result<ApiGatewayV
     }
 }
 
-async fn load_partner(deps: &Deps, partner_id: &PartnerId) -> Result<PartnerRecord, AuthorizeError> {
+async fn load_partner(
+    deps: &Deps,
+    partner_id: &PartnerId,
+) -> Result<PartnerRecord, AuthorizeError> {
     let p: Option<PartnerRecord> = deps.store.get(&partner_pk(partner_id), PROFILE_SK).await?;
     match p {
         Some(p) if p.status == PartnerStatus::Active => Ok(p),
@@ -127,8 +141,13 @@ async fn load_partner(deps: &Deps, partner_id: &PartnerId) -> Result<PartnerReco
     }
 }
 
-async fn get_payment(deps: &Deps, partner_id: &PartnerId, id: &str) -> Result<ApiGatewayV2httpResponse, AuthorizeError> {
-    if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+async fn get_payment(
+    deps: &Deps,
+    partner_id: &PartnerId,
+    id: &str,
+) -> Result<ApiGatewayV2httpResponse, AuthorizeError> {
+    if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    {
         return Err(ApiError::not_found("payment").into());
     }
     let p: Option<PaymentRecord> = deps
@@ -152,23 +171,47 @@ struct Plan {
     requested_scopes: Vec<Scope>,
 }
 
-async fn create_payment(deps: &Deps, partner_id: &PartnerId, req: &ApiGatewayV2httpRequest) -> Result<ApiGatewayV2httpResponse, AuthorizeError> {
+async fn create_payment(
+    deps: &Deps,
+    partner_id: &PartnerId,
+    req: &ApiGatewayV2httpRequest,
+) -> Result<ApiGatewayV2httpResponse, AuthorizeError> {
     let key = idempotency::key(h::header(req, "idempotency-key"))?;
     let body = h::body_bytes(req, BODY_LIMIT)?;
     let b: CreatePayment = request::parse(&body)?;
     let currency = request::currency(&b.currency)?;
-    let amount = b.amount.as_ref().map(|a| request::amount(a, "amount")).transpose()?;
-    let scopes = b.request_token.as_ref().map(|t| request::scopes(&t.scopes)).transpose()?;
+    let amount = b
+        .amount
+        .as_ref()
+        .map(|a| request::amount(a, "amount"))
+        .transpose()?;
+    let scopes = b
+        .request_token
+        .as_ref()
+        .map(|t| request::scopes(&t.scopes))
+        .transpose()?;
     if amount.is_none() && scopes.is_none() {
-        return Err(ApiError::bad_request("amount is required unless a token is requested").field("amount").into());
+        return Err(
+            ApiError::bad_request("amount is required unless a token is requested")
+                .field("amount")
+                .into(),
+        );
     }
     let return_url = request::return_url(&b.return_url, "return_url", b.app_return_url.is_none())?;
     let app_return_url = request::return_url(&b.app_return_url, "app_return_url", false)?;
     let reference = request::short_text(&b.reference, "reference", 255)?;
     let purchase_data = request::object(&b.purchase_data, "purchase_data")?;
-    let session = request::short_text(&b.klarna_network_session_token, "klarna_network_session_token", 8192)?;
+    let session = request::short_text(
+        &b.klarna_network_session_token,
+        "klarna_network_session_token",
+        8192,
+    )?;
     let option_id = request::short_text(&b.payment_option_id, "payment_option_id", 255)?;
-    let kind = if scopes.is_some() { PaymentKind::TokenCreation } else { PaymentKind::OneTime };
+    let kind = if scopes.is_some() {
+        PaymentKind::TokenCreation
+    } else {
+        PaymentKind::OneTime
+    };
     let plan = Plan {
         kind,
         amount,
@@ -204,39 +247,75 @@ async fn create_payment(deps: &Deps, partner_id: &PartnerId, req: &ApiGatewayV2h
     run(deps, partner_id, "payments", &key, &canonical, plan).await
 }
 
-async fn charge_token(deps: &Deps, partner_id: &PartnerId, token: &str, req: &ApiGatewayV2httpRequest) -> Result<ApiGatewayV2httpResponse, AuthorizeError> {
+async fn charge_token(
+    deps: &Deps,
+    partner_id: &PartnerId,
+    token: &str,
+    req: &ApiGatewayV2httpRequest,
+) -> Result<ApiGatewayV2httpResponse, AuthorizeError> {
     let key = idempotency::key(h::header(req, "idempotency-key"))?;
     if !payments::is_backend_token_shape(token) {
-        return Err(ApiError::bad_request("malformed token").field("token").into());
+        return Err(ApiError::bad_request("malformed token")
+            .field("token")
+            .into());
     }
     let body = h::body_bytes(req, BODY_LIMIT)?;
     let b: ChargeToken = request::parse(&body)?;
     let amount = request::amount(&b.amount, "amount")?;
     let currency = request::currency(&b.currency)?;
-    let return_url = request::return_url(&b.return_url, "return_url", b.customer_present && b.app_return_url.is_none())?;
+    let return_url = request::return_url(
+        &b.return_url,
+        "return_url",
+        b.customer_present && b.app_return_url.is_none(),
+    )?;
     let app_return_url = request::return_url(&b.app_return_url, "app_return_url", false)?;
     let reference = request::short_text(&b.reference, "reference", 255)?;
     let purchase_data = request::object(&b.purchase_data, "purchase_data")?;
-    let session = request::short_text(&b.klarna_network_session_token, "klarna_network_session_token", 8192)?;
+    let session = request::short_text(
+        &b.klarna_network_session_token,
+        "klarna_network_session_token",
+        8192,
+    )?;
     let option_id = request::short_text(&b.payment_option_id, "payment_option_id", 255)?;
 
     let backend_token = BackendToken::new(token);
     let record: Option<TokenRecord> = deps
         .store
-        .get(&partner_pk(partner_id), &token_sk(&payments::token_hash(&backend_token)))
+        .get(
+            &partner_pk(partner_id),
+            &token_sk(&payments::token_hash(&backend_token)),
+        )
         .await?;
     // Unknown, or another partner's: the same 404 (rule R6).
     let record = record.ok_or_else(|| ApiError::not_found("token").field("token"))?;
     if record.state == TokenState::Revoked {
-        return Err(ApiError::new(410, "token_revoked", "the token is revoked and cannot be charged").field("token").into());
+        return Err(ApiError::new(
+            410,
+            "token_revoked",
+            "the token is revoked and cannot be charged",
+        )
+        .field("token")
+        .into());
     }
     let (kind, needed) = if b.customer_present {
-        (PaymentKind::TokenChargeCustomerPresent, Scope::CustomerPresent)
+        (
+            PaymentKind::TokenChargeCustomerPresent,
+            Scope::CustomerPresent,
+        )
     } else {
-        (PaymentKind::TokenChargeCustomerNotPresent, Scope::CustomerNotPresent)
+        (
+            PaymentKind::TokenChargeCustomerNotPresent,
+            Scope::CustomerNotPresent,
+        )
     };
     if !record.scopes.contains(&needed) {
-        return Err(ApiError::new(403, "token_scope_insufficient", "the token's scopes do not allow this charge").field("customer_present").into());
+        return Err(ApiError::new(
+            403,
+            "token_scope_insufficient",
+            "the token's scopes do not allow this charge",
+        )
+        .field("customer_present")
+        .into());
     }
     let klarna_token = payments::klarna_token_of(deps.store.sealer(), &record)?;
     let plan = Plan {
@@ -300,7 +379,15 @@ async fn run(
         "pay_{}",
         shared::idempotency::derive(&[partner_id.as_str(), route, key]).simple()
     ));
-    let result = Box::pin(authorize(deps, &partner, &payment_id, &claim, &mut plan, now)).await;
+    let result = Box::pin(authorize(
+        deps,
+        &partner,
+        &payment_id,
+        &claim,
+        &mut plan,
+        now,
+    ))
+    .await;
     if let Err(e) = &result {
         if !matches!(e, AuthorizeError::Refused(_)) {
             idempotency::release(&deps.store, &claim).await;
@@ -330,7 +417,10 @@ async fn authorize(
     if let Some(s) = plan.klarna_request.step_up_config.as_mut() {
         s.payment_request_reference = Some(payment_id.to_string());
     }
-    if let (Some(t), Some(id)) = (plan.klarna_request.request_customer_token.as_mut(), &token_id) {
+    if let (Some(t), Some(id)) = (
+        plan.klarna_request.request_customer_token.as_mut(),
+        &token_id,
+    ) {
         t.customer_token_reference = Some(id.to_string());
     }
     let pk = partner_pk(&partner.partner_id);
@@ -339,9 +429,14 @@ async fn authorize(
     let payment = match existing {
         Some(p) => p,
         None => {
-            let request_json = serde_json::to_string(&plan.klarna_request).map_err(|e| StoreError::Data(e.to_string()))?;
+            let request_json = serde_json::to_string(&plan.klarna_request)
+                .map_err(|e| StoreError::Data(e.to_string()))?;
             let p = PaymentRecord {
-                klarna_request_sealed: deps.store.sealer().seal_str(&request_json, &sk).map_err(|e| StoreError::Data(e.to_string()))?,
+                klarna_request_sealed: deps
+                    .store
+                    .sealer()
+                    .seal_str(&request_json, &sk)
+                    .map_err(|e| StoreError::Data(e.to_string()))?,
                 pk: pk.clone(),
                 sk: sk.clone(),
                 partner_id: partner.partner_id.clone(),
@@ -352,7 +447,10 @@ async fn authorize(
                 amount: plan.amount,
                 currency: plan.currency.clone(),
                 partner_reference: plan.reference.clone(),
-                token_hash: plan.token.as_ref().map(|(t, _)| t.sk.trim_start_matches("TOKEN#").to_owned()),
+                token_hash: plan
+                    .token
+                    .as_ref()
+                    .map(|(t, _)| t.sk.trim_start_matches("TOKEN#").to_owned()),
                 token_id: token_id.clone(),
                 payment_request_id: None,
                 payment_request_url: None,
@@ -383,7 +481,10 @@ async fn authorize(
         customer_token: plan.token.as_ref().map(|(_, k)| k.clone()),
         network_session_token: plan.partner_session_token.clone(),
     };
-    let klarna_result = deps.klarna.authorize(&partner.klarna_account_id, &plan.klarna_request, &headers).await;
+    let klarna_result = deps
+        .klarna
+        .authorize(&partner.klarna_account_id, &plan.klarna_request, &headers)
+        .await;
     let mut next = payment.clone();
     next.version += 1;
     next.updated_at = now;
@@ -392,11 +493,21 @@ async fn authorize(
     let mut refusal: Option<ApiError> = None;
     match klarna_result {
         Ok(resp) => match AuthorizeOutcome::from_response(&resp) {
-            Ok(AuthorizeOutcome::Approved { transaction_id, customer_token }) => {
+            Ok(AuthorizeOutcome::Approved {
+                transaction_id,
+                customer_token,
+            }) => {
                 next.state = PaymentState::Authorized;
                 next.klarna_transaction_id = transaction_id;
                 if let (PaymentKind::TokenCreation, Some(ct)) = (plan.kind, customer_token) {
-                    let i = payments::issue_token(deps.store.sealer(), &next, ct, plan.requested_scopes.clone(), None, now)?;
+                    let i = payments::issue_token(
+                        deps.store.sealer(),
+                        &next,
+                        ct,
+                        plan.requested_scopes.clone(),
+                        None,
+                        now,
+                    )?;
                     tx.put_new(&i.record)?;
                     issued = Some(i);
                 } else if plan.kind == PaymentKind::TokenCreation {
@@ -413,7 +524,11 @@ async fn authorize(
                 next.reason = Some("STEP_UP_REQUIRED_CUSTOMER_NOT_PRESENT".into());
                 tracing::warn!("Klarna asked a customer-not-present charge to step up; declined");
             }
-            Ok(AuthorizeOutcome::StepUp { payment_request_id, payment_request_url, expires_at }) => {
+            Ok(AuthorizeOutcome::StepUp {
+                payment_request_id,
+                payment_request_url,
+                expires_at,
+            }) => {
                 next.state = PaymentState::StepUpPending;
                 next.payment_request_state = Some("SUBMITTED".into());
                 tx.put_new(&PaymentRequestLink {
@@ -442,21 +557,31 @@ async fn authorize(
             revoked.revoked_at = Some(now);
             revoked.revoked_reason = Some("REVOKED_AT_KLARNA".into());
             tx.put_if_version(&revoked, record.version)?;
-            tx.notify(&payments::token_revoked_notification(&revoked, "REVOKED_AT_KLARNA", now))?;
+            tx.notify(&payments::token_revoked_notification(
+                &revoked,
+                "REVOKED_AT_KLARNA",
+                now,
+            ))?;
             next.state = PaymentState::Declined;
             next.reason = Some("CUSTOMER_TOKEN_REVOKED".into());
         }
         Err(e) => {
             let (code, param) = match &e {
                 KlarnaError::Api { body, .. } => (
-                    body.error_code.clone().unwrap_or_else(|| "KLARNA_ERROR".into()),
+                    body.error_code
+                        .clone()
+                        .unwrap_or_else(|| "KLARNA_ERROR".into()),
                     body.errors.first().and_then(|f| f.parameter.clone()),
                 ),
                 _ => ("KLARNA_ERROR".into(), None),
             };
             next.state = PaymentState::Failed;
             next.reason = Some(format!("KLARNA_REJECTED:{code}"));
-            let mut api = ApiError::new(422, "klarna_rejected", format!("Klarna refused the request ({code})"));
+            let mut api = ApiError::new(
+                422,
+                "klarna_rejected",
+                format!("Klarna refused the request ({code})"),
+            );
             api.field = param;
             refusal = Some(api);
         }
@@ -467,10 +592,17 @@ async fn authorize(
         tx.notify(&n)?;
     }
     let (status, body) = match &refusal {
-        Some(api) => (api.status, serde_json::json!({ "error": api, "payment": PaymentView::of(&next, None) }).to_string()),
+        Some(api) => (
+            api.status,
+            serde_json::json!({ "error": api, "payment": PaymentView::of(&next, None) })
+                .to_string(),
+        ),
         None => {
             let view = PaymentView::of(&next, issued.as_ref());
-            (view.http_status(), serde_json::to_string(&view).map_err(|e| StoreError::Data(e.to_string()))?)
+            (
+                view.http_status(),
+                serde_json::to_string(&view).map_err(|e| StoreError::Data(e.to_string()))?,
+            )
         }
     };
     tx.put(&idempotency::completed(&deps.store, claim, status, &body)?)?;
@@ -490,17 +622,27 @@ async fn authorize(
 }
 
 /// Answers from a stored payment and completes the idempotency claim with that answer.
-async fn answer(deps: &Deps, claim: &IdempotencyRecord, p: &PaymentRecord, issued: Option<&IssuedToken>) -> Result<ApiGatewayV2httpResponse, StoreError> {
+async fn answer(
+    deps: &Deps,
+    claim: &IdempotencyRecord,
+    p: &PaymentRecord,
+    issued: Option<&IssuedToken>,
+) -> Result<ApiGatewayV2httpResponse, StoreError> {
     let view = PaymentView::of(p, issued);
     let status = view.http_status();
     let body = serde_json::to_string(&view).map_err(|e| StoreError::Data(e.to_string()))?;
-    deps.store.put(&idempotency::completed(&deps.store, claim, status, &body)?).await?;
+    deps.store
+        .put(&idempotency::completed(&deps.store, claim, status, &body)?)
+        .await?;
     Ok(raw_json(status, body))
 }
 
 fn raw_json(status: u16, body: String) -> ApiGatewayV2httpResponse {
     let mut resp = h::empty_response(status);
-    resp.headers.insert("content-type", aws_lambda_events::http::HeaderValue::from_static("application/json"));
+    resp.headers.insert(
+        "content-type",
+        aws_lambda_events::http::HeaderValue::from_static("application/json"),
+    );
     resp.body = Some(aws_lambda_events::encodings::Body::Text(body));
     resp
 }

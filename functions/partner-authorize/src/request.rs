@@ -76,12 +76,16 @@ pub fn amount(v: &Value, field: &str) -> Result<i64, ApiError> {
     let n = v
         .as_i64()
         .filter(|_| v.is_i64() || v.is_u64())
-        .ok_or_else(|| ApiError::bad_request("amount must be an integer in minor units").field(field))?;
+        .ok_or_else(|| {
+            ApiError::bad_request("amount must be an integer in minor units").field(field)
+        })?;
     if n <= 0 {
         return Err(ApiError::bad_request("amount must be positive").field(field));
     }
     if n > MAX_AMOUNT {
-        return Err(ApiError::bad_request(format!("amount must be at most {MAX_AMOUNT}")).field(field));
+        return Err(
+            ApiError::bad_request(format!("amount must be at most {MAX_AMOUNT}")).field(field),
+        );
     }
     Ok(n)
 }
@@ -92,7 +96,8 @@ pub fn currency(v: &Value) -> Result<String, ApiError> {
         .ok_or_else(|| ApiError::bad_request("currency must be a string").field("currency"))?;
     if !CURRENCIES.contains(&c) {
         return Err(
-            ApiError::bad_request(format!("unknown or unsupported currency {c:?}")).field("currency")
+            ApiError::bad_request(format!("unknown or unsupported currency {c:?}"))
+                .field("currency"),
         );
     }
     Ok(c.to_owned())
@@ -100,7 +105,9 @@ pub fn currency(v: &Value) -> Result<String, ApiError> {
 
 pub fn scopes(values: &[Value]) -> Result<Vec<Scope>, ApiError> {
     if values.is_empty() {
-        return Err(ApiError::bad_request("at least one scope is required").field("request_token.scopes"));
+        return Err(
+            ApiError::bad_request("at least one scope is required").field("request_token.scopes")
+        );
     }
     let mut out = Vec::new();
     for v in values {
@@ -118,9 +125,16 @@ pub fn scopes(values: &[Value]) -> Result<Vec<Scope>, ApiError> {
 }
 
 /// A return URL: https, or http on localhost for local development.
-pub fn return_url(v: &Option<String>, field: &str, required: bool) -> Result<Option<String>, ApiError> {
+pub fn return_url(
+    v: &Option<String>,
+    field: &str,
+    required: bool,
+) -> Result<Option<String>, ApiError> {
     match v {
-        None if required => Err(ApiError::bad_request("a return URL is required for the step-up handover").field(field)),
+        None if required => Err(ApiError::bad_request(
+            "a return URL is required for the step-up handover",
+        )
+        .field(field)),
         None => Ok(None),
         Some(u) => {
             let ok = u.len() <= 2048
@@ -131,7 +145,10 @@ pub fn return_url(v: &Option<String>, field: &str, required: bool) -> Result<Opt
             if ok {
                 Ok(Some(u.clone()))
             } else {
-                Err(ApiError::bad_request("return URLs must be https (or http on localhost)").field(field))
+                Err(
+                    ApiError::bad_request("return URLs must be https (or http on localhost)")
+                        .field(field),
+                )
             }
         }
     }
@@ -140,7 +157,8 @@ pub fn return_url(v: &Option<String>, field: &str, required: bool) -> Result<Opt
 pub fn short_text(v: &Option<String>, field: &str, max: usize) -> Result<Option<String>, ApiError> {
     match v {
         Some(s) if s.is_empty() || s.len() > max || s.chars().any(char::is_control) => Err(
-            ApiError::bad_request(format!("{field} must be 1 to {max} printable characters")).field(field),
+            ApiError::bad_request(format!("{field} must be 1 to {max} printable characters"))
+                .field(field),
         ),
         other => Ok(other.clone()),
     }
@@ -148,7 +166,9 @@ pub fn short_text(v: &Option<String>, field: &str, max: usize) -> Result<Option<
 
 pub fn object(v: &Option<Value>, field: &str) -> Result<Option<Value>, ApiError> {
     match v {
-        Some(o) if !o.is_object() => Err(ApiError::bad_request(format!("{field} must be an object")).field(field)),
+        Some(o) if !o.is_object() => {
+            Err(ApiError::bad_request(format!("{field} must be an object")).field(field))
+        }
         other => Ok(other.clone()),
     }
 }
@@ -161,9 +181,20 @@ mod tests {
     #[test]
     fn amounts() {
         assert_eq!(amount(&json!(100), "amount").unwrap(), 100);
-        for bad in [json!(0), json!(-1), json!(1.5), json!("100"), json!(MAX_AMOUNT + 1), json!(u64::MAX)] {
+        for bad in [
+            json!(0),
+            json!(-1),
+            json!(1.5),
+            json!("100"),
+            json!(MAX_AMOUNT + 1),
+            json!(u64::MAX),
+        ] {
             let e = amount(&bad, "amount").unwrap_err();
-            assert_eq!((e.status, e.field.as_deref()), (400, Some("amount")), "{bad}");
+            assert_eq!(
+                (e.status, e.field.as_deref()),
+                (400, Some("amount")),
+                "{bad}"
+            );
         }
     }
 
@@ -177,7 +208,9 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_named() {
-        let e = parse::<CreatePayment>(br#"{"currency":"EUR","amont":1}"#).err().unwrap();
+        let e = parse::<CreatePayment>(br#"{"currency":"EUR","amont":1}"#)
+            .err()
+            .unwrap();
         assert_eq!(e.field.as_deref(), Some("amont"));
         let e = parse::<CreatePayment>(br#"{"amount":1}"#).err().unwrap();
         assert_eq!(e.field.as_deref(), Some("currency"));

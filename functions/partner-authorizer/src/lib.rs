@@ -39,7 +39,10 @@ pub async fn handle(
 ) -> Result<ApiGatewayV2CustomAuthorizerSimpleResponse, AuthorizerError> {
     let mut resp = ApiGatewayV2CustomAuthorizerSimpleResponse::default();
     let Some(key) = api_key(&req) else {
-        tracing::info!(route = req.route_key.as_deref(), "refused: no bearer API key");
+        tracing::info!(
+            route = req.route_key.as_deref(),
+            "refused: no bearer API key"
+        );
         return Ok(resp);
     };
     let hash = sha256_hex(key.as_bytes());

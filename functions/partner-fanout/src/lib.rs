@@ -105,15 +105,19 @@ async fn messages_for(
         }]),
         OutboxKind::Notification => {
             if !partners.contains_key(&item.partner_id) {
-                let p = deps.store.get(&partner_pk(&item.partner_id), PROFILE_SK).await?;
+                let p = deps
+                    .store
+                    .get(&partner_pk(&item.partner_id), PROFILE_SK)
+                    .await?;
                 partners.insert(item.partner_id.clone(), p);
             }
             let partner = partners
                 .get(&item.partner_id)
                 .and_then(Option::as_ref)
                 .ok_or_else(|| FanoutError::UnknownPartner(item.partner_id.clone()))?;
-            let event_type: NotificationType = serde_json::from_value(serde_json::Value::String(item.event_type.clone()))
-                .map_err(|e| FanoutError::BadRecord(e.to_string()))?;
+            let event_type: NotificationType =
+                serde_json::from_value(serde_json::Value::String(item.event_type.clone()))
+                    .map_err(|e| FanoutError::BadRecord(e.to_string()))?;
             let secrets = partners::notification_secrets(&deps.store, partner)?;
             let timestamp = now.timestamp();
             let signature = notify::sign(&secrets, item.id.as_str(), timestamp, &body);
@@ -179,7 +183,14 @@ async fn send_batch(sqs: &aws_sdk_sqs::Client, queue: &str, chunk: &[Outgoing]) 
                     .filter_map(|f| f.id().strip_prefix('m')?.parse().ok())
                     .collect();
                 for f in out.failed() {
-                    tracing::warn!(queue, entry = f.id(), code = f.code(), sender_fault = f.sender_fault(), attempt, "SQS refused a batch entry");
+                    tracing::warn!(
+                        queue,
+                        entry = f.id(),
+                        code = f.code(),
+                        sender_fault = f.sender_fault(),
+                        attempt,
+                        "SQS refused a batch entry"
+                    );
                 }
                 pending.retain(|i| refused.contains(i));
                 if pending.is_empty() {
@@ -187,7 +198,9 @@ async fn send_batch(sqs: &aws_sdk_sqs::Client, queue: &str, chunk: &[Outgoing]) 
                 }
             }
             Err(e) => {
-                let code = aws_sdk_sqs::error::ProvideErrorMetadata::code(&e).unwrap_or("unknown").to_owned();
+                let code = aws_sdk_sqs::error::ProvideErrorMetadata::code(&e)
+                    .unwrap_or("unknown")
+                    .to_owned();
                 tracing::warn!(queue, code, attempt, "SendMessageBatch failed");
                 if code.contains("NonExistentQueue") || code.contains("QueueDoesNotExist") {
                     break;
@@ -196,7 +209,12 @@ async fn send_batch(sqs: &aws_sdk_sqs::Client, queue: &str, chunk: &[Outgoing]) 
         }
         tokio::time::sleep(std::time::Duration::from_millis(50 << attempt)).await;
     }
-    tracing::error!(queue, undelivered = pending.len(), metric = "FanoutDeliveryFailed", "messages not delivered; the stream will retry the records");
+    tracing::error!(
+        queue,
+        undelivered = pending.len(),
+        metric = "FanoutDeliveryFailed",
+        "messages not delivered; the stream will retry the records"
+    );
     let mut records: Vec<usize> = pending.iter().map(|&i| chunk[i].record).collect();
     records.dedup();
     records

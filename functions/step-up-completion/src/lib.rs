@@ -8,7 +8,9 @@ use chrono::{DateTime, Duration, Utc};
 use shared::domain::{PaymentKind, PaymentState};
 use shared::ids::*;
 use shared::klarna::types::session_token_of;
-use shared::klarna::{AuthorizeHeaders, AuthorizeOutcome, AuthorizeRequest, KlarnaClient, KlarnaError};
+use shared::klarna::{
+    AuthorizeHeaders, AuthorizeOutcome, AuthorizeRequest, KlarnaClient, KlarnaError,
+};
 use shared::payments::{self, IssuedToken};
 use shared::store::records::*;
 use shared::store::{Store, StoreError};
@@ -63,7 +65,13 @@ pub async fn handle(deps: &Deps, event: SqsEvent) -> SqsBatchResponse {
     for message in event.records {
         let id = message.message_id.clone().unwrap_or_default();
         let span = tracing::info_span!("finalize_job", message_id = %id, payment_id = tracing::field::Empty);
-        let result = Box::pin(process(deps, message.body.as_deref().unwrap_or(""), Utc::now())).instrument(span.clone()).await;
+        let result = Box::pin(process(
+            deps,
+            message.body.as_deref().unwrap_or(""),
+            Utc::now(),
+        ))
+        .instrument(span.clone())
+        .await;
         let _enter = span.enter();
         match result {
             Ok(outcome) => tracing::info!(outcome = ?outcome, "job done"),
@@ -74,14 +82,21 @@ pub async fn handle(deps: &Deps, event: SqsEvent) -> SqsBatchResponse {
                 f.item_identifier = id;
                 response.batch_item_failures.push(f);
             }
-            Err(e) => tracing::error!(error = %e, metric = "FinalizePoison", "job dropped: not retryable"),
+            Err(e) => {
+                tracing::error!(error = %e, metric = "FinalizePoison", "job dropped: not retryable")
+            }
         }
     }
     response
 }
 
-pub async fn process(deps: &Deps, body: &str, now: DateTime<Utc>) -> Result<JobOutcome, StepUpError> {
-    let job: FinalizeJob = serde_json::from_str(body).map_err(|e| StepUpError::BadJob(e.to_string()))?;
+pub async fn process(
+    deps: &Deps,
+    body: &str,
+    now: DateTime<Utc>,
+) -> Result<JobOutcome, StepUpError> {
+    let job: FinalizeJob =
+        serde_json::from_str(body).map_err(|e| StepUpError::BadJob(e.to_string()))?;
     tracing::Span::current().record("payment_id", job.payment_id.as_str());
     let pk = partner_pk(&job.partner_id);
     let sk = payment_sk(&job.payment_id);
@@ -91,7 +106,10 @@ pub async fn process(deps: &Deps, body: &str, now: DateTime<Utc>) -> Result<JobO
     if payment.state != PaymentState::StepUpCompleted {
         return Ok(JobOutcome::AlreadyDone(payment.state));
     }
-    if payment.finalize_lease_until_ms.is_some_and(|t| t > now.timestamp_millis()) {
+    if payment
+        .finalize_lease_until_ms
+        .is_some_and(|t| t > now.timestamp_millis())
+    {
         return Err(StepUpError::Busy);
     }
     // Take the lease: concurrent jobs for one payment make one Klarna call.
@@ -116,14 +134,23 @@ pub async fn process(deps: &Deps, body: &str, now: DateTime<Utc>) -> Result<JobO
     let mut issued: Option<IssuedToken> = None;
     let mut tx = deps.store.tx();
 
-    let received = leased.session_token_received_at.unwrap_or(leased.updated_at);
+    let received = leased
+        .session_token_received_at
+        .unwrap_or(leased.updated_at);
     let session = match &leased.session_token_sealed {
         Some(s) => Some(NetworkSessionToken::new(
-            sealer.open_str(s, &sk).map_err(|e| StoreError::Data(e.to_string()))?,
+            sealer
+                .open_str(s, &sk)
+                .map_err(|e| StoreError::Data(e.to_string()))?,
         )),
         // The webhook lacked it: read the payment request, where Klarna keeps it under state_context.
         None => match &leased.payment_request_id {
-            Some(pr) => session_token_of(&deps.klarna.read_payment_request(&partner.klarna_account_id, pr).await?),
+            Some(pr) => session_token_of(
+                &deps
+                    .klarna
+                    .read_payment_request(&partner.klarna_account_id, pr)
+                    .await?,
+            ),
             None => None,
         },
     };
@@ -138,7 +165,9 @@ pub async fn process(deps: &Deps, body: &str, now: DateTime<Utc>) -> Result<JobO
         }
         Some(session) => {
             let initial: AuthorizeRequest = serde_json::from_str(
-                &sealer.open_str(&leased.klarna_request_sealed, &sk).map_err(|e| StoreError::Data(e.to_string()))?,
+                &sealer
+                    .open_str(&leased.klarna_request_sealed, &sk)
+                    .map_err(|e| StoreError::Data(e.to_string()))?,
             )
             .map_err(|e| StoreError::Data(e.to_string()))?;
             // The same payload as the initial call, without step_up_config, naming the request.
@@ -148,28 +177,49 @@ pub async fn process(deps: &Deps, body: &str, now: DateTime<Utc>) -> Result<JobO
                 ..initial.clone()
             };
             let headers = AuthorizeHeaders {
-                idempotency_key: shared::idempotency::klarna_key(job.payment_id.as_str(), "authorize-final"),
+                idempotency_key: shared::idempotency::klarna_key(
+                    job.payment_id.as_str(),
+                    "authorize-final",
+                ),
                 customer_token: None,
                 network_session_token: Some(session),
             };
-            match deps.klarna.authorize(&partner.klarna_account_id, &final_request, &headers).await {
+            match deps
+                .klarna
+                .authorize(&partner.klarna_account_id, &final_request, &headers)
+                .await
+            {
                 Ok(resp) => match AuthorizeOutcome::from_response(&resp) {
-                    Ok(AuthorizeOutcome::Approved { transaction_id, customer_token }) => {
+                    Ok(AuthorizeOutcome::Approved {
+                        transaction_id,
+                        customer_token,
+                    }) => {
                         next.state = PaymentState::Authorized;
                         next.klarna_transaction_id = transaction_id;
                         if leased.kind == PaymentKind::TokenCreation {
                             let from_completion = match &leased.completed_customer_token_sealed {
-                                Some(s) => Some(CustomerToken::new(sealer.open_str(s, &sk).map_err(|e| StoreError::Data(e.to_string()))?)),
+                                Some(s) => Some(CustomerToken::new(
+                                    sealer
+                                        .open_str(s, &sk)
+                                        .map_err(|e| StoreError::Data(e.to_string()))?,
+                                )),
                                 None => None,
                             };
                             match customer_token.or(from_completion) {
                                 Some(ct) => {
-                                    let scopes = initial.request_customer_token.map(|r| r.scopes).unwrap_or_default();
-                                    let i = payments::issue_token(sealer, &next, ct, scopes, None, now)?;
+                                    let scopes = initial
+                                        .request_customer_token
+                                        .map(|r| r.scopes)
+                                        .unwrap_or_default();
+                                    let i = payments::issue_token(
+                                        sealer, &next, ct, scopes, None, now,
+                                    )?;
                                     tx.put_new(&i.record)?;
                                     issued = Some(i);
                                 }
-                                None => next.reason = Some("KLARNA_ISSUED_NO_CUSTOMER_TOKEN".into()),
+                                None => {
+                                    next.reason = Some("KLARNA_ISSUED_NO_CUSTOMER_TOKEN".into())
+                                }
                             }
                         }
                     }
@@ -193,7 +243,10 @@ pub async fn process(deps: &Deps, body: &str, now: DateTime<Utc>) -> Result<JobO
                 }
                 Err(e) => {
                     next.state = PaymentState::Failed;
-                    next.reason = Some(format!("KLARNA_REJECTED:{}", e.error_code().unwrap_or("UNKNOWN")));
+                    next.reason = Some(format!(
+                        "KLARNA_REJECTED:{}",
+                        e.error_code().unwrap_or("UNKNOWN")
+                    ));
                 }
             }
         }
@@ -209,7 +262,9 @@ pub async fn process(deps: &Deps, body: &str, now: DateTime<Utc>) -> Result<JobO
         }
         Err(e) if e.is_conflict() => {
             let current: Option<PaymentRecord> = deps.store.get(&pk, &sk).await?;
-            Ok(JobOutcome::AlreadyDone(current.map(|p| p.state).unwrap_or(PaymentState::Failed)))
+            Ok(JobOutcome::AlreadyDone(
+                current.map(|p| p.state).unwrap_or(PaymentState::Failed),
+            ))
         }
         Err(e) => Err(e.into()),
     }

@@ -42,10 +42,20 @@ impl TokenError {
     fn into_api_error(self) -> ApiError {
         match self {
             TokenError::Refused(e) => e,
-            TokenError::Store(e) if e.is_retryable() => ApiError::new(503, "temporarily_unavailable", "storage is unavailable; retry").retry_after(1),
+            TokenError::Store(e) if e.is_retryable() => ApiError::new(
+                503,
+                "temporarily_unavailable",
+                "storage is unavailable; retry",
+            )
+            .retry_after(1),
             TokenError::Store(_) => ApiError::new(500, "internal_error", "internal error"),
-            TokenError::Klarna(e) if e.is_retryable() => ApiError::new(503, "klarna_unavailable", "Klarna is unavailable; retry").retry_after(2),
-            TokenError::Klarna(_) => ApiError::new(502, "klarna_error", "Klarna returned an unexpected answer"),
+            TokenError::Klarna(e) if e.is_retryable() => {
+                ApiError::new(503, "klarna_unavailable", "Klarna is unavailable; retry")
+                    .retry_after(2)
+            }
+            TokenError::Klarna(_) => {
+                ApiError::new(502, "klarna_error", "Klarna returned an unexpected answer")
+            }
         }
     }
 }
@@ -66,7 +76,11 @@ pub struct TokenStatus {
     pub revoked_reason: Option<String>,
 }
 
-fn status_of(t: &TokenRecord, issued_at: Option<DateTime<Utc>>, reference: Option<String>) -> TokenStatus {
+fn status_of(
+    t: &TokenRecord,
+    issued_at: Option<DateTime<Utc>>,
+    reference: Option<String>,
+) -> TokenStatus {
     TokenStatus {
         token_id: t.token_id.clone(),
         status: match t.state {
@@ -102,8 +116,12 @@ pub async fn handle(deps: &Deps, req: ApiGatewayV2httpRequest) -> ApiGatewayV2ht
     .await
 }
 
-async fn route(deps: &Deps, req: &ApiGatewayV2httpRequest) -> Result<ApiGatewayV2httpResponse, TokenError> {
-    let partner_id = h::partner_id(req).ok_or_else(|| ApiError::new(401, "unauthorized", "no partner identity"))?;
+async fn route(
+    deps: &Deps,
+    req: &ApiGatewayV2httpRequest,
+) -> Result<ApiGatewayV2httpResponse, TokenError> {
+    let partner_id = h::partner_id(req)
+        .ok_or_else(|| ApiError::new(401, "unauthorized", "no partner identity"))?;
     tracing::Span::current().record("partner_id", partner_id.as_str());
     let path = h::path(req).to_owned();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
@@ -112,11 +130,16 @@ async fn route(deps: &Deps, req: &ApiGatewayV2httpRequest) -> Result<ApiGatewayV
         _ => return Err(ApiError::new(404, "route_not_found", "no such route").into()),
     };
     if token.len() > MAX_TOKEN_LEN || !payments::is_backend_token_shape(token) {
-        return Err(ApiError::bad_request("malformed token").field("token").into());
+        return Err(ApiError::bad_request("malformed token")
+            .field("token")
+            .into());
     }
     let record: Option<TokenRecord> = deps
         .store
-        .get(&partner_pk(&partner_id), &token_sk(&payments::token_hash(&BackendToken::new(token))))
+        .get(
+            &partner_pk(&partner_id),
+            &token_sk(&payments::token_hash(&BackendToken::new(token))),
+        )
         .await?;
     // Unknown and another partner's token look the same (rule R6); Klarna is not called.
     let record = record.ok_or_else(|| ApiError::not_found("token").field("token"))?;
@@ -133,15 +156,28 @@ async fn route(deps: &Deps, req: &ApiGatewayV2httpRequest) -> Result<ApiGatewayV
     }
 }
 
-async fn introspect(deps: &Deps, partner: &PartnerRecord, record: TokenRecord) -> Result<ApiGatewayV2httpResponse, TokenError> {
+async fn introspect(
+    deps: &Deps,
+    partner: &PartnerRecord,
+    record: TokenRecord,
+) -> Result<ApiGatewayV2httpResponse, TokenError> {
     if record.state == TokenState::Revoked {
         return Ok(h::json_response(200, &status_of(&record, None, None)));
     }
     let klarna_token = payments::klarna_token_of(deps.store.sealer(), &record)?;
-    match deps.klarna.introspect_token(&partner.klarna_account_id, &klarna_token).await {
+    match deps
+        .klarna
+        .introspect_token(&partner.klarna_account_id, &klarna_token)
+        .await
+    {
         Ok(i) if i.status.eq_ignore_ascii_case("ACTIVE") => {
-            let issued = i.issued_at.and_then(|ms| Utc.timestamp_millis_opt(ms).single());
-            Ok(h::json_response(200, &status_of(&record, issued, i.customer_token_reference)))
+            let issued = i
+                .issued_at
+                .and_then(|ms| Utc.timestamp_millis_opt(ms).single());
+            Ok(h::json_response(
+                200,
+                &status_of(&record, issued, i.customer_token_reference),
+            ))
         }
         // Any other status, "revoked", or "no such token": the token is dead at Klarna.
         Ok(_) => mark_revoked(deps, record, "REVOKED_AT_KLARNA").await,
@@ -151,21 +187,35 @@ async fn introspect(deps: &Deps, partner: &PartnerRecord, record: TokenRecord) -
     }
 }
 
-async fn revoke(deps: &Deps, partner: &PartnerRecord, record: TokenRecord) -> Result<ApiGatewayV2httpResponse, TokenError> {
+async fn revoke(
+    deps: &Deps,
+    partner: &PartnerRecord,
+    record: TokenRecord,
+) -> Result<ApiGatewayV2httpResponse, TokenError> {
     if record.state == TokenState::Revoked {
         // Idempotent: the same answer, no second notification.
         return Ok(h::json_response(200, &status_of(&record, None, None)));
     }
     let klarna_token = payments::klarna_token_of(deps.store.sealer(), &record)?;
-    match deps.klarna.revoke_token(&partner.klarna_account_id, &klarna_token).await {
+    match deps
+        .klarna
+        .revoke_token(&partner.klarna_account_id, &klarna_token)
+        .await
+    {
         Ok(()) => mark_revoked(deps, record, "REVOKED_BY_PARTNER").await,
-        Err(e) if e.means_token_revoked() || e.means_token_unknown() => mark_revoked(deps, record, "REVOKED_BY_PARTNER").await,
+        Err(e) if e.means_token_revoked() || e.means_token_unknown() => {
+            mark_revoked(deps, record, "REVOKED_BY_PARTNER").await
+        }
         Err(e) => Err(e.into()),
     }
 }
 
 /// Active -> revoked with its notification in one transaction; a concurrent revoke wins quietly.
-async fn mark_revoked(deps: &Deps, record: TokenRecord, reason: &str) -> Result<ApiGatewayV2httpResponse, TokenError> {
+async fn mark_revoked(
+    deps: &Deps,
+    record: TokenRecord,
+    reason: &str,
+) -> Result<ApiGatewayV2httpResponse, TokenError> {
     let now = Utc::now();
     let mut next = record.clone();
     next.state = TokenState::Revoked;

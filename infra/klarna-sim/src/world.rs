@@ -416,7 +416,10 @@ impl World {
             unconfirmed::SESSION_TOKEN_PREFIX,
             uuid::Uuid::new_v4()
         );
-        let expires_at = now + Duration::minutes(unconfirmed::SESSION_TOKEN_TTL_MINUTES);
+        let expires_at = later(
+            now,
+            Duration::minutes(unconfirmed::SESSION_TOKEN_TTL_MINUTES),
+        );
         let customer_token = pr.requested_token.as_ref().map(|req| CustomerToken {
             id: format!(
                 "{}{}",
@@ -514,6 +517,11 @@ impl World {
             None => false,
         }
     }
+}
+
+/// `t + d`, saturating instead of panicking on an absurdly advanced clock.
+pub(crate) fn later(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+    t.checked_add_signed(d).unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
 /// Fires due expiries in real time too (for the binary); tests drive the clock instead.

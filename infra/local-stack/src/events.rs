@@ -66,7 +66,12 @@ fn query_json(query: &str) -> Map<String, Value> {
     m.into_iter().map(|(k, v)| (k, Value::String(v))).collect()
 }
 
-fn request_context(req: &HttpRequest, route_key: &str, request_id: &str, authorizer: Option<&Value>) -> Value {
+fn request_context(
+    req: &HttpRequest,
+    route_key: &str,
+    request_id: &str,
+    authorizer: Option<&Value>,
+) -> Value {
     let now = chrono::Utc::now();
     let user_agent = req
         .headers
@@ -156,12 +161,18 @@ pub fn http_response(resp: ApiGatewayV2httpResponse) -> HttpResponse {
         .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
         .collect();
     let body = match resp.body {
-        Some(Body::Text(t)) if resp.is_base64_encoded => base64::engine::general_purpose::STANDARD.decode(t).unwrap_or_default(),
+        Some(Body::Text(t)) if resp.is_base64_encoded => base64::engine::general_purpose::STANDARD
+            .decode(t)
+            .unwrap_or_default(),
         Some(Body::Text(t)) => t.into_bytes(),
         Some(Body::Binary(b)) => b,
         _ => Vec::new(),
     };
-    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-type")) && !body.is_empty() {
+    if !headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+        && !body.is_empty()
+    {
         headers.push(("content-type".into(), "application/json".into()));
     }
     HttpResponse {
@@ -203,7 +214,9 @@ pub fn sqs_event(queue_arn: &str, messages: &[aws_sdk_sqs::types::Message]) -> S
 /// DynamoDB JSON of a stream attribute value.
 pub fn attribute_json(v: &aws_sdk_dynamodbstreams::types::AttributeValue) -> Value {
     use aws_sdk_dynamodbstreams::types::AttributeValue as A;
-    let b64 = |b: &aws_sdk_dynamodbstreams::primitives::Blob| base64::engine::general_purpose::STANDARD.encode(b.as_ref());
+    let b64 = |b: &aws_sdk_dynamodbstreams::primitives::Blob| {
+        base64::engine::general_purpose::STANDARD.encode(b.as_ref())
+    };
     match v {
         A::S(s) => json!({"S": s}),
         A::N(n) => json!({"N": n}),
@@ -214,13 +227,23 @@ pub fn attribute_json(v: &aws_sdk_dynamodbstreams::types::AttributeValue) -> Val
         A::Ns(s) => json!({"NS": s}),
         A::Bs(s) => json!({"BS": s.iter().map(b64).collect::<Vec<_>>()}),
         A::L(l) => json!({"L": l.iter().map(attribute_json).collect::<Vec<_>>()}),
-        A::M(m) => json!({"M": m.iter().map(|(k, v)| (k.clone(), attribute_json(v))).collect::<Map<_, _>>()}),
+        A::M(m) => {
+            json!({"M": m.iter().map(|(k, v)| (k.clone(), attribute_json(v))).collect::<Map<_, _>>()})
+        }
         _ => Value::Null,
     }
 }
 
-fn image(m: Option<&std::collections::HashMap<String, aws_sdk_dynamodbstreams::types::AttributeValue>>) -> Option<Value> {
-    m.map(|m| Value::Object(m.iter().map(|(k, v)| (k.clone(), attribute_json(v))).collect()))
+fn image(
+    m: Option<&std::collections::HashMap<String, aws_sdk_dynamodbstreams::types::AttributeValue>>,
+) -> Option<Value> {
+    m.map(|m| {
+        Value::Object(
+            m.iter()
+                .map(|(k, v)| (k.clone(), attribute_json(v)))
+                .collect(),
+        )
+    })
 }
 
 /// A stream record in the shape Lambda delivers (and matches filters against).

@@ -13,9 +13,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
-pub type HttpFn = Arc<dyn Fn(ApiGatewayV2httpRequest) -> BoxFuture<ApiGatewayV2httpResponse> + Send + Sync>;
+pub type HttpFn =
+    Arc<dyn Fn(ApiGatewayV2httpRequest) -> BoxFuture<ApiGatewayV2httpResponse> + Send + Sync>;
 pub type AuthorizerFn = Arc<
-    dyn Fn(ApiGatewayV2CustomAuthorizerV2Request) -> BoxFuture<Result<ApiGatewayV2CustomAuthorizerSimpleResponse, String>>
+    dyn Fn(
+            ApiGatewayV2CustomAuthorizerV2Request,
+        ) -> BoxFuture<Result<ApiGatewayV2CustomAuthorizerSimpleResponse, String>>
         + Send
         + Sync,
 >;

@@ -17,7 +17,9 @@ fn gateway_error(status: u16, message: &str) -> HttpResponse {
     HttpResponse {
         status,
         headers: vec![("content-type".into(), "application/json".into())],
-        body: serde_json::json!({ "message": message }).to_string().into_bytes(),
+        body: serde_json::json!({ "message": message })
+            .to_string()
+            .into_bytes(),
     }
 }
 
@@ -70,7 +72,8 @@ impl HttpApi {
             let Some(identity) = identity.filter(|v| !v.is_empty()) else {
                 return gateway_error(401, "Unauthorized");
             };
-            let auth_req = events::authorizer_request(&req, &route_key, &params, &request_id, &identity);
+            let auth_req =
+                events::authorizer_request(&req, &route_key, &params, &request_id, &identity);
             match authorizer(auth_req).await {
                 Ok(r) if r.is_authorized => context = Some(r.context),
                 Ok(_) => return gateway_error(403, "Forbidden"),
@@ -80,7 +83,8 @@ impl HttpApi {
                 }
             }
         }
-        let event = events::http_api_request(&req, &route_key, &params, &request_id, context.as_ref());
+        let event =
+            events::http_api_request(&req, &route_key, &params, &request_id, context.as_ref());
         events::http_response(function(event).await)
     }
 }
@@ -98,7 +102,9 @@ pub async fn serve(
         async move {
             let (parts, body) = request.into_parts();
             // API Gateway's payload limit is 10 MB; the functions enforce their own, smaller ones.
-            let body = axum::body::to_bytes(body, 10 * 1024 * 1024).await.unwrap_or_default();
+            let body = axum::body::to_bytes(body, 10 * 1024 * 1024)
+                .await
+                .unwrap_or_default();
             let req = HttpRequest {
                 method: parts.method.as_str().to_owned(),
                 path: parts.uri.path().to_owned(),
@@ -134,7 +140,10 @@ mod tests {
 
     #[test]
     fn paths() {
-        assert_eq!(match_path("/v1/payments", "/v1/payments"), Some(BTreeMap::new()));
+        assert_eq!(
+            match_path("/v1/payments", "/v1/payments"),
+            Some(BTreeMap::new())
+        );
         let p = match_path("/v1/payments/{payment_id}", "/v1/payments/pay_1").unwrap();
         assert_eq!(p["payment_id"], "pay_1");
         assert!(match_path("/v1/payments/{payment_id}", "/v1/payments").is_none());

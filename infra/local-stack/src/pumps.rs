@@ -149,8 +149,14 @@ impl StreamPump {
             .unwrap_or_default();
         let mut delivered = 0;
         for shard in shards {
-            let Some(shard_id) = shard.shard_id().map(str::to_owned) else { continue };
-            let checkpoint = state.checkpoints.get(&shard_id).cloned().unwrap_or(Checkpoint::Start);
+            let Some(shard_id) = shard.shard_id().map(str::to_owned) else {
+                continue;
+            };
+            let checkpoint = state
+                .checkpoints
+                .get(&shard_id)
+                .cloned()
+                .unwrap_or(Checkpoint::Start);
             let mut it = self
                 .streams
                 .get_shard_iterator()
@@ -158,8 +164,12 @@ impl StreamPump {
                 .shard_id(&shard_id);
             it = match &checkpoint {
                 Checkpoint::Start => it.shard_iterator_type(ShardIteratorType::TrimHorizon),
-                Checkpoint::After(s) => it.shard_iterator_type(ShardIteratorType::AfterSequenceNumber).sequence_number(s),
-                Checkpoint::At(s) => it.shard_iterator_type(ShardIteratorType::AtSequenceNumber).sequence_number(s),
+                Checkpoint::After(s) => it
+                    .shard_iterator_type(ShardIteratorType::AfterSequenceNumber)
+                    .sequence_number(s),
+                Checkpoint::At(s) => it
+                    .shard_iterator_type(ShardIteratorType::AtSequenceNumber)
+                    .sequence_number(s),
             };
             let Some(iterator) = it
                 .send()
@@ -190,11 +200,17 @@ impl StreamPump {
                 .map(|r| events::stream_record_json(&self.stream_arn, r))
                 .filter(|j| {
                     self.mapping.filter_patterns.is_empty()
-                        || self.mapping.filter_patterns.iter().any(|p| matches_pattern(p, j))
+                        || self
+                            .mapping
+                            .filter_patterns
+                            .iter()
+                            .any(|p| matches_pattern(p, j))
                 })
                 .collect();
             if matched.is_empty() {
-                state.checkpoints.insert(shard_id, Checkpoint::After(last_seq));
+                state
+                    .checkpoints
+                    .insert(shard_id, Checkpoint::After(last_seq));
                 continue;
             }
             delivered += matched.len();
@@ -207,7 +223,9 @@ impl StreamPump {
             match lowest_failure {
                 None => {
                     state.retries.clear();
-                    state.checkpoints.insert(shard_id, Checkpoint::After(last_seq));
+                    state
+                        .checkpoints
+                        .insert(shard_id, Checkpoint::After(last_seq));
                 }
                 Some(failed) => {
                     let attempts = state.retries.entry(failed.clone()).or_insert(0);
@@ -215,9 +233,12 @@ impl StreamPump {
                     if *attempts > self.mapping.maximum_retry_attempts {
                         // Retries exhausted: the batch goes to the on-failure destination, as
                         // Lambda sends it (a description of the batch, not the records).
-                        self.send_to_failure_destination(&shard_id, &failed, &last_seq, *attempts).await?;
+                        self.send_to_failure_destination(&shard_id, &failed, &last_seq, *attempts)
+                            .await?;
                         state.retries.clear();
-                        state.checkpoints.insert(shard_id, Checkpoint::After(last_seq));
+                        state
+                            .checkpoints
+                            .insert(shard_id, Checkpoint::After(last_seq));
                     } else {
                         state.checkpoints.insert(shard_id, Checkpoint::At(failed));
                     }
@@ -227,9 +248,23 @@ impl StreamPump {
         Ok(delivered)
     }
 
-    async fn send_to_failure_destination(&self, shard: &str, start: &str, end: &str, attempts: u32) -> Result<(), PumpError> {
-        tracing::error!(shard, start, end, attempts, "stream batch exhausted its retries; sent to the on-failure destination");
-        let Some(url) = &self.on_failure_queue_url else { return Ok(()) };
+    async fn send_to_failure_destination(
+        &self,
+        shard: &str,
+        start: &str,
+        end: &str,
+        attempts: u32,
+    ) -> Result<(), PumpError> {
+        tracing::error!(
+            shard,
+            start,
+            end,
+            attempts,
+            "stream batch exhausted its retries; sent to the on-failure destination"
+        );
+        let Some(url) = &self.on_failure_queue_url else {
+            return Ok(());
+        };
         let body = serde_json::json!({
             "requestContext": {"condition": "RetryAttemptsExhausted", "approximateInvokeCount": attempts, "functionArn": self.mapping.function},
             "responseContext": {"statusCode": 200, "executedVersion": "$LATEST", "functionError": null},
@@ -258,6 +293,12 @@ pub async fn queue_depth(sqs: &aws_sdk_sqs::Client, url: &str) -> Result<i64, Pu
         .await
         .map_err(|e| perr(aws_sdk_sqs::error::DisplayErrorContext(e)))?;
     let attrs = out.attributes.unwrap_or_default();
-    let n = |k: QueueAttributeName| attrs.get(&k).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
-    Ok(n(QueueAttributeName::ApproximateNumberOfMessages) + n(QueueAttributeName::ApproximateNumberOfMessagesNotVisible))
+    let n = |k: QueueAttributeName| {
+        attrs
+            .get(&k)
+            .and_then(|v| v.parse::<i64>().ok())
+            .unwrap_or(0)
+    };
+    Ok(n(QueueAttributeName::ApproximateNumberOfMessages)
+        + n(QueueAttributeName::ApproximateNumberOfMessagesNotVisible))
 }

@@ -36,7 +36,10 @@ pub struct Resources {
 
 impl Resources {
     pub fn queue_url(&self, logical_id: &str) -> &str {
-        self.queue_urls.get(logical_id).map(String::as_str).unwrap_or("")
+        self.queue_urls
+            .get(logical_id)
+            .map(String::as_str)
+            .unwrap_or("")
     }
 
     pub async fn create(
@@ -48,7 +51,10 @@ impl Resources {
         let sqs = aws_sdk_sqs::Client::new(sdk);
         let t = &template.table;
         let table = format!("{prefix}-{}", t.logical_id);
-        let mut create = ddb.create_table().table_name(&table).billing_mode(BillingMode::PayPerRequest);
+        let mut create = ddb
+            .create_table()
+            .table_name(&table)
+            .billing_mode(BillingMode::PayPerRequest);
         for (name, ty) in &t.attributes {
             create = create.attribute_definitions(
                 AttributeDefinition::builder()
@@ -78,8 +84,16 @@ impl Resources {
         }
         let out = match create.send().await {
             Ok(o) => o.table_description,
-            Err(e) if aws_sdk_dynamodb::error::ProvideErrorMetadata::code(&e) == Some("ResourceInUseException") => {
-                ddb.describe_table().table_name(&table).send().await.map_err(|e| err(&table, aws_sdk_dynamodb::error::DisplayErrorContext(e)))?.table
+            Err(e)
+                if aws_sdk_dynamodb::error::ProvideErrorMetadata::code(&e)
+                    == Some("ResourceInUseException") =>
+            {
+                ddb.describe_table()
+                    .table_name(&table)
+                    .send()
+                    .await
+                    .map_err(|e| err(&table, aws_sdk_dynamodb::error::DisplayErrorContext(e)))?
+                    .table
             }
             Err(e) => return Err(err(&table, aws_sdk_dynamodb::error::DisplayErrorContext(e))),
         };
@@ -104,7 +118,11 @@ impl Resources {
         let mut ordered: Vec<_> = template.queues.iter().collect();
         ordered.sort_by_key(|q| q.redrive.is_some());
         for q in ordered {
-            let name = format!("{prefix}-{}{}", q.logical_id, if q.fifo { ".fifo" } else { "" });
+            let name = format!(
+                "{prefix}-{}{}",
+                q.logical_id,
+                if q.fifo { ".fifo" } else { "" }
+            );
             let mut c = sqs.create_queue().queue_name(&name);
             if q.fifo {
                 c = c.attributes(QueueAttributeName::FifoQueue, "true");
@@ -116,10 +134,13 @@ impl Resources {
                 c = c.attributes(QueueAttributeName::MessageRetentionPeriod, v.to_string());
             }
             if let Some((dlq, max)) = &q.redrive {
-                let arn = queue_arns.get(dlq).ok_or_else(|| err(&name, format!("dead-letter queue {dlq} not created")))?;
+                let arn = queue_arns
+                    .get(dlq)
+                    .ok_or_else(|| err(&name, format!("dead-letter queue {dlq} not created")))?;
                 c = c.attributes(
                     QueueAttributeName::RedrivePolicy,
-                    serde_json::json!({"deadLetterTargetArn": arn, "maxReceiveCount": max}).to_string(),
+                    serde_json::json!({"deadLetterTargetArn": arn, "maxReceiveCount": max})
+                        .to_string(),
                 );
             }
             let url = c

@@ -97,8 +97,13 @@ impl LocalStack {
     pub async fn start(sdk: aws_config::SdkConfig, opts: StackOptions) -> Result<Self, StackError> {
         let template = Template::load(&opts.template_path)?;
         let resources = Resources::create(&sdk, &template, &opts.prefix).await?;
-        let sealer = Sealer::from_base64(&opts.data_key_b64).map_err(|e| StackError::Config(e.to_string()))?;
-        let store = Store::new(aws_sdk_dynamodb::Client::new(&sdk), resources.table.clone(), sealer);
+        let sealer = Sealer::from_base64(&opts.data_key_b64)
+            .map_err(|e| StackError::Config(e.to_string()))?;
+        let store = Store::new(
+            aws_sdk_dynamodb::Client::new(&sdk),
+            resources.table.clone(),
+            sealer,
+        );
         let sqs = aws_sdk_sqs::Client::new(&sdk);
         let klarna = KlarnaClient::new(KlarnaClientConfig {
             base_url: opts.klarna_base_url.clone(),
@@ -115,7 +120,10 @@ impl LocalStack {
         http.insert(
             "PartnerAuthorizeFunction",
             functions::http(
-                Arc::new(partner_authorize::Deps { store: store.clone(), klarna: klarna.clone() }),
+                Arc::new(partner_authorize::Deps {
+                    store: store.clone(),
+                    klarna: klarna.clone(),
+                }),
                 |d, r| async move { partner_authorize::handle(&d, r).await },
             ),
         );
@@ -133,35 +141,58 @@ impl LocalStack {
         http.insert(
             "TokenLifecycleFunction",
             functions::http(
-                Arc::new(token_lifecycle::Deps { store: store.clone(), klarna: klarna.clone() }),
+                Arc::new(token_lifecycle::Deps {
+                    store: store.clone(),
+                    klarna: klarna.clone(),
+                }),
                 |d, r| async move { token_lifecycle::handle(&d, r).await },
             ),
         );
-        let authorizer_deps = Arc::new(partner_authorizer::Deps { store: store.clone() });
+        let authorizer_deps = Arc::new(partner_authorizer::Deps {
+            store: store.clone(),
+        });
         let authorizer: AuthorizerFn = Arc::new(move |req| {
             let d = authorizer_deps.clone();
-            Box::pin(async move { partner_authorizer::handle(&d, req).await.map_err(|e| e.to_string()) })
+            Box::pin(async move {
+                partner_authorizer::handle(&d, req)
+                    .await
+                    .map_err(|e| e.to_string())
+            })
         });
         let mut routes = Vec::new();
         for r in &template.routes {
-            let f = http
-                .get(r.function.as_str())
-                .ok_or_else(|| StackError::Config(format!("no local handler for {}", r.function)))?;
+            let f = http.get(r.function.as_str()).ok_or_else(|| {
+                StackError::Config(format!("no local handler for {}", r.function))
+            })?;
             routes.push((r.clone(), f.clone()));
         }
-        let api = Arc::new(HttpApi { routes, authorizer: Some(authorizer) });
+        let api = Arc::new(HttpApi {
+            routes,
+            authorizer: Some(authorizer),
+        });
 
-        let step_up_deps = Arc::new(step_up_completion::Deps { store: store.clone(), klarna: klarna.clone() });
+        let step_up_deps = Arc::new(step_up_completion::Deps {
+            store: store.clone(),
+            klarna: klarna.clone(),
+        });
         let mut sqs_pumps = Vec::new();
         for m in &template.sqs_mappings {
             let handler = match m.function.as_str() {
-                "StepUpCompletionFunction" => functions::sqs(step_up_deps.clone(), |d, e| async move { step_up_completion::handle(&d, e).await }),
+                "StepUpCompletionFunction" => {
+                    functions::sqs(step_up_deps.clone(), |d, e| async move {
+                        step_up_completion::handle(&d, e).await
+                    })
+                }
                 other => return Err(StackError::Config(format!("no local handler for {other}"))),
             };
             sqs_pumps.push(SqsPump {
                 sqs: sqs.clone(),
                 queue_url: resources.queue_url(&m.queue).to_owned(),
-                queue_arn: resources.queue_arns.get(&m.queue).cloned().unwrap_or_default(),
+                queue_arn: resources
+                    .queue_arns
+                    .get(&m.queue)
+                    .cloned()
+                    .unwrap_or_default(),
                 batch_size: m.batch_size,
                 handler,
                 failed_visibility_secs: opts.failed_visibility_secs,
@@ -175,20 +206,39 @@ impl LocalStack {
         let mut stream_pumps = Vec::new();
         for m in &template.stream_mappings {
             let handler = match m.function.as_str() {
-                "PartnerFanoutFunction" => functions::stream(fanout_deps.clone(), |d, e| async move { partner_fanout::handle(&d, e).await }),
+                "PartnerFanoutFunction" => {
+                    functions::stream(fanout_deps.clone(), |d, e| async move {
+                        partner_fanout::handle(&d, e).await
+                    })
+                }
                 other => return Err(StackError::Config(format!("no local handler for {other}"))),
             };
-            let arn = resources.stream_arn.clone().ok_or_else(|| StackError::Config("table has no stream".into()))?;
+            let arn = resources
+                .stream_arn
+                .clone()
+                .ok_or_else(|| StackError::Config("table has no stream".into()))?;
             stream_pumps.push(StreamPump::new(
                 aws_sdk_dynamodbstreams::Client::new(&sdk),
                 sqs.clone(),
                 arn,
                 m.clone(),
-                m.on_failure_queue.as_deref().map(|q| resources.queue_url(q).to_owned()),
+                m.on_failure_queue
+                    .as_deref()
+                    .map(|q| resources.queue_url(q).to_owned()),
                 handler,
             ));
         }
-        Ok(Self { template, resources, sdk, store, sqs, api, sqs_pumps, stream_pumps, signing_keys })
+        Ok(Self {
+            template,
+            resources,
+            sdk,
+            store,
+            sqs,
+            api,
+            sqs_pumps,
+            stream_pumps,
+            signing_keys,
+        })
     }
 
     /// One round of every event source mapping; returns the events delivered.
@@ -220,7 +270,9 @@ impl LocalStack {
                 idle = 0;
             }
         }
-        Err(PumpError("events kept arriving: the system did not come to rest".into()))
+        Err(PumpError(
+            "events kept arriving: the system did not come to rest".into(),
+        ))
     }
 
     /// Pumps events in the background (the local runner).

@@ -108,12 +108,14 @@ fn int(v: Option<&Value>) -> Option<i64> {
 
 impl Template {
     pub fn load(path: &std::path::Path) -> Result<Self, TemplateError> {
-        let text = std::fs::read_to_string(path).map_err(|e| TemplateError::Read(format!("{}: {e}", path.display())))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| TemplateError::Read(format!("{}: {e}", path.display())))?;
         Self::parse(&text)
     }
 
     pub fn parse(text: &str) -> Result<Self, TemplateError> {
-        let doc: Value = serde_yaml::from_str(text).map_err(|e| TemplateError::Read(e.to_string()))?;
+        let doc: Value =
+            serde_yaml::from_str(text).map_err(|e| TemplateError::Read(e.to_string()))?;
         let resources = doc
             .get("Resources")
             .and_then(Value::as_mapping)
@@ -136,7 +138,10 @@ impl Template {
                 Some(name.to_owned())
             });
         for (id, r) in resources {
-            let id = id.as_str().ok_or_else(|| shape("non-string logical id"))?.to_owned();
+            let id = id
+                .as_str()
+                .ok_or_else(|| shape("non-string logical id"))?
+                .to_owned();
             let props = r.get("Properties").cloned().unwrap_or(Value::Null);
             match r.get("Type").and_then(Value::as_str) {
                 Some("AWS::DynamoDB::Table") => {
@@ -146,7 +151,12 @@ impl Template {
                             .and_then(Value::as_sequence)
                             .map(|s| {
                                 s.iter()
-                                    .filter_map(|d| Some((d.get(a)?.as_str()?.to_owned(), d.get(b)?.as_str()?.to_owned())))
+                                    .filter_map(|d| {
+                                        Some((
+                                            d.get(a)?.as_str()?.to_owned(),
+                                            d.get(b)?.as_str()?.to_owned(),
+                                        ))
+                                    })
                                     .collect()
                             })
                             .unwrap_or_default()
@@ -169,11 +179,17 @@ impl Template {
                 }
                 Some("AWS::SQS::Queue") => {
                     let redrive = props.get("RedrivePolicy").and_then(|rp| {
-                        Some((reference(rp.get("deadLetterTargetArn")?)?, int(rp.get("maxReceiveCount"))?))
+                        Some((
+                            reference(rp.get("deadLetterTargetArn")?)?,
+                            int(rp.get("maxReceiveCount"))?,
+                        ))
                     });
                     queues.push(QueueDef {
                         logical_id: id.clone(),
-                        fifo: props.get("FifoQueue").and_then(Value::as_bool).unwrap_or(false),
+                        fifo: props
+                            .get("FifoQueue")
+                            .and_then(Value::as_bool)
+                            .unwrap_or(false),
                         visibility_timeout: int(props.get("VisibilityTimeout")),
                         retention: int(props.get("MessageRetentionPeriod")),
                         redrive,
@@ -184,31 +200,54 @@ impl Template {
                         .get("Environment")
                         .and_then(|e| e.get("Variables"))
                         .and_then(Value::as_mapping)
-                        .map(|m| m.keys().filter_map(|k| k.as_str().map(str::to_owned)).collect())
+                        .map(|m| {
+                            m.keys()
+                                .filter_map(|k| k.as_str().map(str::to_owned))
+                                .collect()
+                        })
                         .unwrap_or_default();
                     function_env.insert(id.clone(), env);
-                    let Some(events) = props.get("Events").and_then(Value::as_mapping) else { continue };
+                    let Some(events) = props.get("Events").and_then(Value::as_mapping) else {
+                        continue;
+                    };
                     for ev in events.values() {
                         let p = ev.get("Properties").cloned().unwrap_or(Value::Null);
                         let response_types = |p: &Value| {
                             p.get("FunctionResponseTypes")
                                 .and_then(Value::as_sequence)
-                                .is_some_and(|s| s.iter().any(|v| v.as_str() == Some("ReportBatchItemFailures")))
+                                .is_some_and(|s| {
+                                    s.iter()
+                                        .any(|v| v.as_str() == Some("ReportBatchItemFailures"))
+                                })
                         };
                         match ev.get("Type").and_then(Value::as_str) {
                             Some("HttpApi") => {
                                 let authorized = default_authorizer.is_some()
-                                    && p.get("Auth").and_then(|a| a.get("Authorizer")).and_then(Value::as_str) != Some("NONE");
+                                    && p.get("Auth")
+                                        .and_then(|a| a.get("Authorizer"))
+                                        .and_then(Value::as_str)
+                                        != Some("NONE");
                                 routes.push(RouteDef {
                                     function: id.clone(),
-                                    method: p.get("Method").and_then(Value::as_str).unwrap_or("ANY").to_uppercase(),
-                                    path: p.get("Path").and_then(Value::as_str).ok_or_else(|| shape("route without Path"))?.to_owned(),
+                                    method: p
+                                        .get("Method")
+                                        .and_then(Value::as_str)
+                                        .unwrap_or("ANY")
+                                        .to_uppercase(),
+                                    path: p
+                                        .get("Path")
+                                        .and_then(Value::as_str)
+                                        .ok_or_else(|| shape("route without Path"))?
+                                        .to_owned(),
                                     authorized,
                                 });
                             }
                             Some("SQS") => sqs_mappings.push(SqsMapping {
                                 function: id.clone(),
-                                queue: p.get("Queue").and_then(reference).ok_or_else(|| shape("SQS event without Queue"))?,
+                                queue: p
+                                    .get("Queue")
+                                    .and_then(reference)
+                                    .ok_or_else(|| shape("SQS event without Queue"))?,
                                 batch_size: int(p.get("BatchSize")).unwrap_or(10) as i32,
                                 report_batch_item_failures: response_types(&p),
                             }),
@@ -219,15 +258,24 @@ impl Template {
                                     .and_then(Value::as_sequence)
                                     .map(|fs| {
                                         fs.iter()
-                                            .filter_map(|f| serde_json::from_str(f.get("Pattern")?.as_str()?).ok())
+                                            .filter_map(|f| {
+                                                serde_json::from_str(f.get("Pattern")?.as_str()?)
+                                                    .ok()
+                                            })
                                             .collect()
                                     })
                                     .unwrap_or_default();
                                 stream_mappings.push(StreamMapping {
                                     function: id.clone(),
                                     batch_size: int(p.get("BatchSize")).unwrap_or(100) as i32,
-                                    maximum_retry_attempts: int(p.get("MaximumRetryAttempts")).unwrap_or(-1).max(0) as u32,
-                                    bisect_on_error: p.get("BisectBatchOnFunctionError").and_then(Value::as_bool).unwrap_or(false),
+                                    maximum_retry_attempts: int(p.get("MaximumRetryAttempts"))
+                                        .unwrap_or(-1)
+                                        .max(0)
+                                        as u32,
+                                    bisect_on_error: p
+                                        .get("BisectBatchOnFunctionError")
+                                        .and_then(Value::as_bool)
+                                        .unwrap_or(false),
                                     on_failure_queue: p
                                         .get("DestinationConfig")
                                         .and_then(|d| d.get("OnFailure"))
@@ -286,10 +334,15 @@ mod tests {
 
     #[test]
     fn patterns() {
-        let p: serde_json::Value = serde_json::from_str(r#"{"eventName":["INSERT"],"dynamodb":{"Keys":{"pk":{"S":[{"prefix":"OUTBOX#"}]}}}}"#).unwrap();
+        let p: serde_json::Value = serde_json::from_str(
+            r#"{"eventName":["INSERT"],"dynamodb":{"Keys":{"pk":{"S":[{"prefix":"OUTBOX#"}]}}}}"#,
+        )
+        .unwrap();
         let yes = serde_json::json!({"eventName":"INSERT","dynamodb":{"Keys":{"pk":{"S":"OUTBOX#p#g"},"sk":{"S":"1"}}}});
-        let modify = serde_json::json!({"eventName":"MODIFY","dynamodb":{"Keys":{"pk":{"S":"OUTBOX#p#g"}}}});
-        let other = serde_json::json!({"eventName":"INSERT","dynamodb":{"Keys":{"pk":{"S":"PARTNER#p"}}}});
+        let modify =
+            serde_json::json!({"eventName":"MODIFY","dynamodb":{"Keys":{"pk":{"S":"OUTBOX#p#g"}}}});
+        let other =
+            serde_json::json!({"eventName":"INSERT","dynamodb":{"Keys":{"pk":{"S":"PARTNER#p"}}}});
         assert!(matches_pattern(&p, &yes));
         assert!(!matches_pattern(&p, &modify));
         assert!(!matches_pattern(&p, &other));
@@ -297,18 +350,38 @@ mod tests {
 
     #[test]
     fn reads_the_project_template() {
-        let t = Template::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../template.yaml")).unwrap();
-        assert_eq!(t.table.stream_view_type.as_deref(), Some("NEW_AND_OLD_IMAGES"));
+        let t = Template::load(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../template.yaml"),
+        )
+        .unwrap();
+        assert_eq!(
+            t.table.stream_view_type.as_deref(),
+            Some("NEW_AND_OLD_IMAGES")
+        );
         assert_eq!(t.table.ttl_attribute.as_deref(), Some("ttl"));
         let q = t.queue("StepUpQueue").unwrap();
-        assert_eq!(q.redrive.as_ref().map(|r| r.0.as_str()), Some("StepUpDeadLetterQueue"));
+        assert_eq!(
+            q.redrive.as_ref().map(|r| r.0.as_str()),
+            Some("StepUpDeadLetterQueue")
+        );
         assert!(t.sqs_mappings.iter().all(|m| m.report_batch_item_failures));
         let s = &t.stream_mappings[0];
         assert!(s.report_batch_item_failures && s.bisect_on_error && s.maximum_retry_attempts > 0);
         assert_eq!(s.on_failure_queue.as_deref(), Some("FanoutFailureQueue"));
-        let webhook = t.routes.iter().find(|r| r.path == "/webhooks/klarna").unwrap();
+        let webhook = t
+            .routes
+            .iter()
+            .find(|r| r.path == "/webhooks/klarna")
+            .unwrap();
         assert!(!webhook.authorized);
-        assert!(t.routes.iter().filter(|r| r.path.starts_with("/v1/")).all(|r| r.authorized));
-        assert_eq!(t.authorizer_function.as_deref(), Some("PartnerAuthorizerFunction"));
+        assert!(t
+            .routes
+            .iter()
+            .filter(|r| r.path.starts_with("/v1/"))
+            .all(|r| r.authorized));
+        assert_eq!(
+            t.authorizer_function.as_deref(),
+            Some("PartnerAuthorizerFunction")
+        );
     }
 }

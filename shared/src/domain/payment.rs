@@ -225,7 +225,10 @@ mod tests {
             StepUpEvent::from_event_type("payment.request.state-change.authorized"),
             None
         );
-        assert_eq!(StepUpEvent::from_event_type("payment.dispute.updated"), None);
+        assert_eq!(
+            StepUpEvent::from_event_type("payment.dispute.updated"),
+            None
+        );
     }
 
     #[test]

@@ -3,7 +3,9 @@
 
 use super::types::*;
 use super::unconfirmed;
-use crate::ids::{CustomerToken, KlarnaAccountId, NetworkSessionToken, PaymentRequestId, SecretString};
+use crate::ids::{
+    CustomerToken, KlarnaAccountId, NetworkSessionToken, PaymentRequestId, SecretString,
+};
 use reqwest::Method;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -76,10 +78,12 @@ impl KlarnaError {
         match self {
             KlarnaError::Api { status, body } => match *status {
                 429 | 502 | 503 | 504 => true,
-                500 => matches!(
-                    body.error_code.as_deref(),
-                    None | Some("TECHNICAL_ERROR") | Some("TIMEOUT") | Some("INTERNAL_ERROR")
-                ) || body.error_type.as_deref() == Some("TECHNICAL_ERROR"),
+                500 => {
+                    matches!(
+                        body.error_code.as_deref(),
+                        None | Some("TECHNICAL_ERROR") | Some("TIMEOUT") | Some("INTERNAL_ERROR")
+                    ) || body.error_type.as_deref() == Some("TECHNICAL_ERROR")
+                }
                 403 => body == &KlarnaErrorBody::default(),
                 _ => false,
             },
@@ -190,7 +194,8 @@ impl KlarnaClient {
         if let Some(t) = &headers.network_session_token {
             extra.push(("Klarna-Network-Session-Token", t.expose().to_owned()));
         }
-        self.send_json(Method::POST, &path, Some(body), &extra).await
+        self.send_json(Method::POST, &path, Some(body), &extra)
+            .await
     }
 
     /// Reads a payment request (used to recover the session token if a webhook lacked it).
@@ -210,7 +215,8 @@ impl KlarnaClient {
         id: &PaymentRequestId,
     ) -> Result<serde_json::Value, KlarnaError> {
         let path = format!("/v2/accounts/{account}/payment/requests/{id}");
-        self.send_json::<(), _>(Method::DELETE, &path, None, &[]).await
+        self.send_json::<(), _>(Method::DELETE, &path, None, &[])
+            .await
     }
 
     /// Identity API: introspect a customer token.
@@ -257,10 +263,16 @@ impl KlarnaClient {
         };
         let mut attempt = 0;
         loop {
-            let result = self.send_once(&method, &url, payload.as_deref(), headers).await;
+            let result = self
+                .send_once(&method, &url, payload.as_deref(), headers)
+                .await;
             match result {
                 Ok((status, bytes)) => {
-                    let bytes = if bytes.is_empty() { b"null".to_vec() } else { bytes };
+                    let bytes = if bytes.is_empty() {
+                        b"null".to_vec()
+                    } else {
+                        bytes
+                    };
                     return serde_json::from_slice(&bytes)
                         .map_err(|e| KlarnaError::Decode(format!("{path} ({status}): {e}")));
                 }
@@ -370,7 +382,11 @@ mod tests {
         assert!(api(500, Some("TIMEOUT")).is_retryable());
         assert!(api(503, None).is_retryable());
         assert!(api(429, Some("RATE_LIMITED")).is_retryable());
-        assert!(KlarnaError::Api { status: 403, body: KlarnaErrorBody::default() }.is_retryable());
+        assert!(KlarnaError::Api {
+            status: 403,
+            body: KlarnaErrorBody::default()
+        }
+        .is_retryable());
         assert!(KlarnaError::Transport("connect".into()).is_retryable());
         assert!(!api(400, Some("VALIDATION_ERROR")).is_retryable());
         assert!(!api(403, Some("FORBIDDEN")).is_retryable());

@@ -168,7 +168,10 @@ impl AuthorizeOutcome {
     /// must never be reported as declined because the token block was not approved. For token
     /// creation without a purchase, the token block decides.
     pub fn from_response(resp: &AuthorizeResponse) -> Result<AuthorizeOutcome, OutcomeError> {
-        let (result, reason) = match (&resp.payment_transaction_response, &resp.customer_token_response) {
+        let (result, reason) = match (
+            &resp.payment_transaction_response,
+            &resp.customer_token_response,
+        ) {
             (Some(t), _) => (t.result, t.result_reason.clone()),
             (None, Some(c)) => (c.result, c.result_reason.clone()),
             (None, None) => return Err(OutcomeError::NoResult),
@@ -301,7 +304,10 @@ mod tests {
         }));
         assert!(matches!(
             AuthorizeOutcome::from_response(&r).unwrap(),
-            AuthorizeOutcome::Approved { customer_token: None, .. }
+            AuthorizeOutcome::Approved {
+                customer_token: None,
+                ..
+            }
         ));
     }
 
@@ -330,7 +336,10 @@ mod tests {
     #[test]
     fn unknown_results_are_not_approvals() {
         let r = resp(json!({"payment_transaction_response": {"result": "MAYBE"}}));
-        assert_eq!(AuthorizeOutcome::from_response(&r), Err(OutcomeError::UnknownResult));
+        assert_eq!(
+            AuthorizeOutcome::from_response(&r),
+            Err(OutcomeError::UnknownResult)
+        );
         assert_eq!(
             AuthorizeOutcome::from_response(&AuthorizeResponse::default()),
             Err(OutcomeError::NoResult)
@@ -340,7 +349,9 @@ mod tests {
     #[test]
     fn session_token_is_read_from_both_documented_places() {
         assert_eq!(
-            session_token_of(&json!({"klarna_network_session_token": "a"})).unwrap().expose(),
+            session_token_of(&json!({"klarna_network_session_token": "a"}))
+                .unwrap()
+                .expose(),
             "a"
         );
         assert_eq!(
@@ -351,7 +362,9 @@ mod tests {
         );
         assert!(session_token_of(&json!({})).is_none());
         assert_eq!(
-            customer_token_of(&json!({"klarna_customer": {"customer_token": "c"}})).unwrap().expose(),
+            customer_token_of(&json!({"klarna_customer": {"customer_token": "c"}}))
+                .unwrap()
+                .expose(),
             "c"
         );
     }

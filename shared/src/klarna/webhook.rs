@@ -43,10 +43,9 @@ impl SigningKeys {
     /// Parses `{"<key id>": "<secret>", ...}` (the form kept in Secrets Manager and the environment).
     pub fn from_json(json: &str) -> Result<Self, serde_json::Error> {
         let map: HashMap<String, String> = serde_json::from_str(json)?;
-        Ok(Self::new(
-            map.into_iter()
-                .map(|(k, v)| (SigningKeyId::new(k), SecretString::new(v))),
-        ))
+        Ok(Self::new(map.into_iter().map(|(k, v)| {
+            (SigningKeyId::new(k), SecretString::new(v))
+        })))
     }
 
     pub fn len(&self) -> usize {
@@ -72,7 +71,11 @@ impl SigningKeys {
             .ok_or(SignatureError::UnknownKeyId)?;
         let sig = signature.trim();
         // Klarna sends lowercase hex; refuse anything else rather than guess.
-        if sig.len() != 64 || !sig.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        if sig.len() != 64
+            || !sig
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
             return Err(SignatureError::MalformedSignature);
         }
         let tag = hex::decode(sig).map_err(|_| SignatureError::MalformedSignature)?;
@@ -161,15 +164,30 @@ mod tests {
         let body = b"{}";
         let good = crate::crypto::hmac_sha256_hex(b"old-secret", body);
         let k = keys();
-        assert_eq!(k.verify(None, Some(&good), body), Err(SignatureError::MissingKeyId));
-        assert_eq!(k.verify(Some("k-old"), None, body), Err(SignatureError::MissingSignature));
-        assert_eq!(k.verify(Some("k-x"), Some(&good), body), Err(SignatureError::UnknownKeyId));
+        assert_eq!(
+            k.verify(None, Some(&good), body),
+            Err(SignatureError::MissingKeyId)
+        );
+        assert_eq!(
+            k.verify(Some("k-old"), None, body),
+            Err(SignatureError::MissingSignature)
+        );
+        assert_eq!(
+            k.verify(Some("k-x"), Some(&good), body),
+            Err(SignatureError::UnknownKeyId)
+        );
         assert_eq!(
             k.verify(Some("k-old"), Some(&good.to_uppercase()), body),
             Err(SignatureError::MalformedSignature)
         );
-        assert_eq!(k.verify(Some("k-old"), Some("zz"), body), Err(SignatureError::MalformedSignature));
-        assert_eq!(k.verify(Some("k-old"), Some(&good), b"{} "), Err(SignatureError::Mismatch));
+        assert_eq!(
+            k.verify(Some("k-old"), Some("zz"), body),
+            Err(SignatureError::MalformedSignature)
+        );
+        assert_eq!(
+            k.verify(Some("k-old"), Some(&good), b"{} "),
+            Err(SignatureError::Mismatch)
+        );
     }
 
     #[test]

@@ -89,7 +89,11 @@ impl Store {
     }
 
     /// A strongly consistent read.
-    pub async fn get<T: DeserializeOwned>(&self, pk: &str, sk: &str) -> Result<Option<T>, StoreError> {
+    pub async fn get<T: DeserializeOwned>(
+        &self,
+        pk: &str,
+        sk: &str,
+    ) -> Result<Option<T>, StoreError> {
         let out = self
             .client
             .get_item()
@@ -115,7 +119,10 @@ impl Store {
             .await;
         match result {
             Ok(_) => Ok(()),
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_conditional_check_failed_exception()) => {
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
+            {
                 Err(StoreError::Conflict { failed: vec![0] })
             }
             Err(e) => Err(sdk_error(&e)),
@@ -135,7 +142,11 @@ impl Store {
     }
 
     /// Replaces an item only if it still has `expected_version` (and creates nothing).
-    pub async fn put_if_version<T: Serialize>(&self, value: &T, expected_version: u64) -> Result<(), StoreError> {
+    pub async fn put_if_version<T: Serialize>(
+        &self,
+        value: &T,
+        expected_version: u64,
+    ) -> Result<(), StoreError> {
         let mut tx = self.tx();
         tx.put_if_version(value, expected_version)?;
         tx.commit().await
@@ -154,7 +165,13 @@ impl Store {
     }
 
     /// Deletes an item only if `attr = value` still holds (releasing an idempotency claim we own).
-    pub async fn delete_if(&self, pk: &str, sk: &str, attr: &str, value: AttributeValue) -> Result<(), StoreError> {
+    pub async fn delete_if(
+        &self,
+        pk: &str,
+        sk: &str,
+        attr: &str,
+        value: AttributeValue,
+    ) -> Result<(), StoreError> {
         let result = self
             .client
             .delete_item()
@@ -168,7 +185,10 @@ impl Store {
             .await;
         match result {
             Ok(_) => Ok(()),
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_conditional_check_failed_exception()) => {
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
+            {
                 Err(StoreError::Conflict { failed: vec![0] })
             }
             Err(e) => Err(sdk_error(&e)),
@@ -185,7 +205,10 @@ impl Store {
 
     /// Claims an idempotency key: creates an INPROGRESS record, or takes over one whose lease ran
     /// out. Returns the existing record when the key is held or completed.
-    pub async fn claim_idempotency(&self, record: &IdempotencyRecord) -> Result<Option<IdempotencyRecord>, StoreError> {
+    pub async fn claim_idempotency(
+        &self,
+        record: &IdempotencyRecord,
+    ) -> Result<Option<IdempotencyRecord>, StoreError> {
         let result = self
             .client
             .put_item()
@@ -197,12 +220,18 @@ impl Store {
             .expression_attribute_names("#s", "status")
             .expression_attribute_names("#lease", "lease_until_ms")
             .expression_attribute_values(":inprogress", AttributeValue::S("IN_PROGRESS".into()))
-            .expression_attribute_values(":now", AttributeValue::N(Utc::now().timestamp_millis().to_string()))
+            .expression_attribute_values(
+                ":now",
+                AttributeValue::N(Utc::now().timestamp_millis().to_string()),
+            )
             .send()
             .await;
         match result {
             Ok(_) => Ok(None),
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_conditional_check_failed_exception()) => {
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
+            {
                 self.get(&record.pk, &record.sk).await
             }
             Err(e) => Err(sdk_error(&e)),
@@ -223,8 +252,14 @@ pub struct Tx<'a> {
 }
 
 impl Tx<'_> {
-    fn put_item(&mut self, item: Item, condition: Option<(&str, Vec<(&str, AttributeValue)>)>) -> Result<(), StoreError> {
-        let mut put = Put::builder().table_name(&self.store.table).set_item(Some(item));
+    fn put_item(
+        &mut self,
+        item: Item,
+        condition: Option<(&str, Vec<(&str, AttributeValue)>)>,
+    ) -> Result<(), StoreError> {
+        let mut put = Put::builder()
+            .table_name(&self.store.table)
+            .set_item(Some(item));
         if let Some((expr, values)) = condition {
             put = put.condition_expression(expr);
             for (name, value) in values {
@@ -232,7 +267,8 @@ impl Tx<'_> {
             }
         }
         let put = put.build().map_err(|e| StoreError::Data(e.to_string()))?;
-        self.items.push(TransactWriteItem::builder().put(put).build());
+        self.items
+            .push(TransactWriteItem::builder().put(put).build());
         Ok(())
     }
 
@@ -255,13 +291,20 @@ impl Tx<'_> {
 
     /// Replaces a versioned record only if the stored version is still `expected_version`; the new
     /// value must carry `expected_version + 1`.
-    pub fn put_if_version<T: Serialize>(&mut self, value: &T, expected_version: u64) -> Result<usize, StoreError> {
+    pub fn put_if_version<T: Serialize>(
+        &mut self,
+        value: &T,
+        expected_version: u64,
+    ) -> Result<usize, StoreError> {
         let i = self.next_index();
         self.put_item(
             to_item(value)?,
             Some((
                 "version = :expected_version",
-                vec![(":expected_version", AttributeValue::N(expected_version.to_string()))],
+                vec![(
+                    ":expected_version",
+                    AttributeValue::N(expected_version.to_string()),
+                )],
             )),
         )?;
         Ok(i)
@@ -282,7 +325,12 @@ impl Tx<'_> {
     }
 
     /// Adds the final-authorize job to the outbox.
-    pub fn finalize_job(&mut self, id: &NotificationId, job: &FinalizeJob, now: DateTime<Utc>) -> Result<usize, StoreError> {
+    pub fn finalize_job(
+        &mut self,
+        id: &NotificationId,
+        job: &FinalizeJob,
+        now: DateTime<Utc>,
+    ) -> Result<usize, StoreError> {
         let body = serde_json::to_string(job).map_err(|e| StoreError::Data(e.to_string()))?;
         self.outbox(
             OutboxKind::FinalizeJob,

@@ -10,7 +10,7 @@ use crate::rules::{Decision, Facts, KNOWN_SCOPES};
 use crate::server::Ctx;
 use crate::state::{PaymentRequest, PrState, RequestedToken};
 use crate::unconfirmed;
-use crate::world::{CustomerToken, World};
+use crate::world::{later, CustomerToken, World};
 
 struct Txn {
     amount: i64,
@@ -407,7 +407,7 @@ fn step_up(w: &mut World, account: &str, input: Input, now: DateTime<Utc>) -> Ap
         updated_at: now,
         expires_at: step
             .expires_at
-            .unwrap_or(now + Duration::hours(unconfirmed::PAYMENT_REQUEST_TTL_HOURS)),
+            .unwrap_or_else(|| later(now, Duration::hours(unconfirmed::PAYMENT_REQUEST_TTL_HOURS))),
         canceled_at: None,
         reference: step.reference,
         amount: input.transaction.as_ref().map(|t| t.amount),

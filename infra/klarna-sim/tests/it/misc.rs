@@ -355,7 +355,10 @@ async fn shutdown_stops_the_server() {
     tokio::time::timeout(Duration::from_secs(2), handle.shutdown())
         .await
         .expect("shutdown is quick");
-    let client = reqwest::Client::builder().no_proxy().build().expect("client");
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client");
     assert!(client.get(&url).send().await.is_err());
 }
 
@@ -367,7 +370,10 @@ async fn dropping_the_last_handle_stops_the_server() {
     drop(sim);
     assert_eq!(http.get(&url).send().await.expect("still up").status(), 200);
     drop(clone);
-    let client = reqwest::Client::builder().no_proxy().build().expect("client");
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client");
     let mut stopped = false;
     for _ in 0..100 {
         if client.get(&url).send().await.is_err() {
