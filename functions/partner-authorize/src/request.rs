@@ -13,7 +13,7 @@ pub const CURRENCIES: [&str; 16] = [
 ];
 
 /// Largest amount accepted, in minor units (well inside i64 and any Klarna market).
-pub const MAX_AMOUNT: i64 = 100_000_000_00;
+pub const MAX_AMOUNT: i64 = 10_000_000_000;
 
 /// Body of `POST /v1/payments`.
 #[derive(Deserialize)]
