@@ -342,3 +342,55 @@ pub fn payment_body(amount: i64, email: &str) -> Value {
         "purchase_data": {"customer": {"email": email}, "purchase_reference": "order-1"}
     })
 }
+
+/// Simulator rules under which first tokenizations and one-time payments are approved at once
+/// (the default rules step them up, as Klarna does for new customers).
+pub fn approve_at_once() -> klarna_sim::OutcomeRules {
+    klarna_sim::OutcomeRules {
+        first_tokenization_steps_up: false,
+        one_time_payment_steps_up: false,
+        ..klarna_sim::OutcomeRules::default()
+    }
+}
+
+/// A token-creation request (flow A) with both charge scopes.
+pub fn token_request_body(email: &str) -> Value {
+    let mut b = payment_body(1000, email);
+    b["request_token"] = serde_json::json!({"scopes": ["payment:customer_present", "payment:customer_not_present"]});
+    b
+}
+
+/// A charge of a stored token.
+pub fn charge_body(amount: i64, customer_present: bool, email: &str) -> Value {
+    let mut b = serde_json::json!({
+        "amount": amount, "currency": "EUR", "customer_present": customer_present,
+        "purchase_data": {"customer": {"email": email}}
+    });
+    if customer_present {
+        b["return_url"] = Value::String("https://shop.example/return".into());
+    }
+    b
+}
+
+impl World {
+    /// Creates a token through flow A approved at once; returns (backend token, Klarna token).
+    pub async fn issue_token(&self, partner: &TestPartner) -> (String, String) {
+        let previous = self.sim_rules();
+        self.sim.set_rules(approve_at_once());
+        let key = uuid::Uuid::new_v4().to_string();
+        let r = self
+            .call("POST", "/v1/payments", Some(&partner.api_key), Some(&key), Some(&token_request_body("customer@example.com")))
+            .await;
+        self.sim.set_rules(previous);
+        assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+        let body = r.json();
+        (
+            body["token"]["token"].as_str().expect("backend token").to_owned(),
+            body["token"]["klarna_customer_token"].as_str().expect("klarna token").to_owned(),
+        )
+    }
+
+    fn sim_rules(&self) -> klarna_sim::OutcomeRules {
+        klarna_sim::OutcomeRules::default()
+    }
+}
