@@ -13,6 +13,8 @@ use shared::store::records::Subscription;
 use std::sync::Arc;
 use tokio::sync::OnceCell;
 
+pub mod faults;
+
 static SDK: OnceCell<aws_config::SdkConfig> = OnceCell::const_new();
 
 /// SDK configuration for the local AWS server (shared by all tests of a binary).
@@ -77,13 +79,23 @@ impl World {
         sim_config: SimConfig,
         tweak: impl FnOnce(&mut StackOptions),
     ) -> World {
+        Self::with_sdk(name, sdk().await, sim_config, tweak).await
+    }
+
+    /// A world whose functions reach AWS through `sdk` (e.g. a fault-injecting proxy).
+    pub async fn with_sdk(
+        name: &str,
+        sdk: aws_config::SdkConfig,
+        sim_config: SimConfig,
+        tweak: impl FnOnce(&mut StackOptions),
+    ) -> World {
         let prefix = unique_prefix(name);
         let sim = Simulator::start(sim_config)
             .await
             .expect("simulator starts");
         let mut opts = StackOptions::new(&prefix, &sim.base_url(), SigningKeys::default());
         tweak(&mut opts);
-        let stack = Arc::new(LocalStack::start(sdk().await, opts).await.expect(
+        let stack = Arc::new(LocalStack::start(sdk, opts).await.expect(
             "local stack starts (is the local AWS server running? scripts/local-aws.sh start)",
         ));
         let (addr, _server) = local_stack::http_api::serve(
@@ -393,4 +405,63 @@ impl World {
     fn sim_rules(&self) -> klarna_sim::OutcomeRules {
         klarna_sim::OutcomeRules::default()
     }
+}
+
+impl World {
+    /// Delivers a webhook body to `POST /webhooks/klarna` with the given signature headers.
+    pub async fn webhook(&self, body: &str, key_id: Option<&str>, signature: Option<&str>) -> HttpResponse {
+        let mut headers = vec![("content-type".to_owned(), "application/json".to_owned())];
+        if let Some(k) = key_id {
+            headers.push(("Klarna-Signing-Key-Id".into(), k.to_owned()));
+        }
+        if let Some(s) = signature {
+            headers.push(("Klarna-Signature".into(), s.to_owned()));
+        }
+        self.stack
+            .api
+            .invoke(HttpRequest { method: "POST".into(), path: "/webhooks/klarna".into(), query: String::new(), headers, body: body.as_bytes().to_vec() })
+            .await
+    }
+
+    /// Delivers a webhook signed with this world's signing key.
+    pub async fn signed_webhook(&self, body: &str) -> HttpResponse {
+        let sig = shared::crypto::hmac_sha256_hex(self.signing_secret.as_bytes(), body.as_bytes());
+        self.webhook(body, Some(&self.signing_key_id), Some(&sig)).await
+    }
+
+    /// Settles the system until the payment reaches `state` (or 10 s pass); returns the payment.
+    pub async fn wait_payment_state(&self, partner: &TestPartner, payment_id: &str, state: &str) -> Value {
+        let mut last = Value::Null;
+        for _ in 0..300 {
+            self.settle().await;
+            last = self.call("GET", &format!("/v1/payments/{payment_id}"), Some(&partner.api_key), None, None).await.json();
+            if last["state"] == state {
+                return last;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+        }
+        panic!("payment {payment_id} did not reach {state}: {last}");
+    }
+}
+
+/// A Klarna webhook body in Klarna's envelope.
+pub fn klarna_event(event_id: &str, state: &str, previous: &str, payment_request_id: &str, occurred_at: chrono::DateTime<chrono::Utc>, extra: Value) -> String {
+    let mut payload = serde_json::json!({
+        "payment_request_id": payment_request_id, "state": state, "previous_state": previous,
+        "payment_request_reference": "ref"
+    });
+    if let (Some(p), Some(e)) = (payload.as_object_mut(), extra.as_object()) {
+        p.extend(e.clone());
+    }
+    serde_json::json!({
+        "metadata": {
+            "event_id": event_id,
+            "event_type": format!("payment.request.state-change.{}", state.to_lowercase().replace('_', "-")),
+            "event_version": "v2", "occurred_at": occurred_at.to_rfc3339(), "correlation_id": uuid::Uuid::new_v4().to_string(),
+            "subject_account_id": "krn:partner:global:account:test:SIMACCT1", "recipient_account_id": "krn:partner:global:account:test:SIMACCT1",
+            "webhook_id": "krn:partner:global:notification:webhook:test", "live": false
+        },
+        "payload": payload
+    })
+    .to_string()
 }
