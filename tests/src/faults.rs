@@ -14,6 +14,9 @@ pub enum AwsFault {
     InternalError,
     /// Forward, let the server apply it, then answer 500 as if it had failed.
     DropResponse,
+    /// SQS `SendMessageBatch`: the first entry is not forwarded and is reported failed; the
+    /// rest are sent (SQS's partial batch failure).
+    FailFirstEntry,
 }
 
 #[derive(Default)]
@@ -21,6 +24,8 @@ struct Rules {
     rules: Vec<(String, AwsFault, u32)>,
     /// (operation, fault) for every injected fault.
     fired: Vec<(String, AwsFault)>,
+    /// Calls per operation.
+    calls: std::collections::HashMap<String, usize>,
 }
 
 #[derive(Clone)]
@@ -51,6 +56,7 @@ impl FaultProxy {
                 let op = operation(&headers);
                 let fault = {
                     let mut g = rules.lock().unwrap();
+                    *g.calls.entry(op.clone()).or_default() += 1;
                     let hit = g.rules.iter_mut().find(|(o, _, n)| *o == op && *n > 0).map(|(_, f, n)| {
                         *n -= 1;
                         *f
@@ -69,6 +75,17 @@ impl FaultProxy {
                     Some(AwsFault::InternalError) => return error(StatusCode::INTERNAL_SERVER_ERROR, "InternalServerError"),
                     _ => {}
                 }
+                let mut body = body;
+                let mut dropped_entry: Option<String> = None;
+                if fault == Some(AwsFault::FailFirstEntry) {
+                    let mut v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                    if let Some(entries) = v.get_mut("Entries").and_then(|e| e.as_array_mut()) {
+                        if !entries.is_empty() {
+                            dropped_entry = entries.remove(0).get("Id").and_then(|i| i.as_str()).map(str::to_owned);
+                        }
+                    }
+                    body = Bytes::from(v.to_string());
+                }
                 let mut req = client.request(method, format!("{upstream}{}", uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")));
                 for (k, v) in headers.iter() {
                     if k != "host" && k != "content-length" {
@@ -85,6 +102,15 @@ impl FaultProxy {
                 if fault == Some(AwsFault::DropResponse) {
                     return error(StatusCode::INTERNAL_SERVER_ERROR, "InternalServerError");
                 }
+                if let Some(id) = dropped_entry {
+                    let mut v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+                    let failed = serde_json::json!({"Id": id, "SenderFault": false, "Code": "InternalError", "Message": "injected"});
+                    match v.get_mut("Failed").and_then(|f| f.as_array_mut()) {
+                        Some(list) => list.push(failed),
+                        None => v["Failed"] = serde_json::json!([failed]),
+                    }
+                    return (status, [("content-type", ct.as_str()), ("x-amzn-errortype", "")], v.to_string()).into_response_parts_free();
+                }
                 (status, [("content-type", ct.as_str()), ("x-amzn-errortype", "")], String::from_utf8_lossy(&bytes).into_owned()).into_response_parts_free()
             }
         });
@@ -99,6 +125,11 @@ impl FaultProxy {
     /// The next `count` calls of `operation` (e.g. `TransactWriteItems`) get `fault`.
     pub fn inject(&self, operation: &str, fault: AwsFault, count: u32) {
         self.rules.lock().unwrap().rules.push((operation.to_owned(), fault, count));
+    }
+
+    /// How many calls of `operation` went through the proxy.
+    pub fn calls(&self, operation: &str) -> usize {
+        self.rules.lock().unwrap().calls.get(operation).copied().unwrap_or(0)
     }
 
     pub fn fired(&self) -> Vec<(String, AwsFault)> {

@@ -465,3 +465,36 @@ pub fn klarna_event(event_id: &str, state: &str, previous: &str, payment_request
     })
     .to_string()
 }
+
+impl World {
+    /// Adds a FIFO queue subscription (with `filters`) to a partner; returns the queue URL.
+    pub async fn add_queue(&self, partner: &TestPartner, name: &str, filters: &[&str]) -> String {
+        use shared::store::records::{partner_pk, PartnerRecord, PROFILE_SK};
+        let url = self
+            .sqs()
+            .create_queue()
+            .queue_name(format!("{}-{name}.fifo", self.prefix))
+            .attributes(QueueAttributeName::FifoQueue, "true")
+            .send()
+            .await
+            .unwrap()
+            .queue_url
+            .unwrap();
+        let mut rec: PartnerRecord = self.stack.store.get(&partner_pk(&partner.id), PROFILE_SK).await.unwrap().unwrap();
+        rec.subscriptions.push(Subscription { queue_url: url.clone(), event_types: filters.iter().map(|s| s.to_string()).collect() });
+        self.stack.store.put(&rec).await.unwrap();
+        url
+    }
+
+    /// Drains another queue of a partner (signatures checked with the partner's secret).
+    pub async fn drain_queue(&self, partner: &TestPartner, queue_url: &str) -> Vec<Received> {
+        let view = TestPartner {
+            id: partner.id.clone(),
+            api_key: partner.api_key.clone(),
+            secret: partner.secret.clone(),
+            queue_url: queue_url.to_owned(),
+            dlq_url: partner.dlq_url.clone(),
+        };
+        self.drain(&view).await
+    }
+}
