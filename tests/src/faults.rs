@@ -124,12 +124,22 @@ impl FaultProxy {
 
     /// The next `count` calls of `operation` (e.g. `TransactWriteItems`) get `fault`.
     pub fn inject(&self, operation: &str, fault: AwsFault, count: u32) {
-        self.rules.lock().unwrap().rules.push((operation.to_owned(), fault, count));
+        self.rules
+            .lock()
+            .unwrap()
+            .rules
+            .push((operation.to_owned(), fault, count));
     }
 
     /// How many calls of `operation` went through the proxy.
     pub fn calls(&self, operation: &str) -> usize {
-        self.rules.lock().unwrap().calls.get(operation).copied().unwrap_or(0)
+        self.rules
+            .lock()
+            .unwrap()
+            .calls
+            .get(operation)
+            .copied()
+            .unwrap_or(0)
     }
 
     pub fn fired(&self) -> Vec<(String, AwsFault)> {
@@ -142,7 +152,9 @@ impl FaultProxy {
         aws_config::defaults(aws_config::BehaviorVersion::latest())
             .endpoint_url(&self.url)
             .region(aws_config::Region::new("us-east-1"))
-            .credentials_provider(aws_sdk_dynamodb::config::Credentials::new("test", "test", None, None, "local"))
+            .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
+                "test", "test", None, None, "local",
+            ))
             .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(1))
             .load()
             .await

@@ -368,7 +368,8 @@ pub fn approve_at_once() -> klarna_sim::OutcomeRules {
 /// A token-creation request (flow A) with both charge scopes.
 pub fn token_request_body(email: &str) -> Value {
     let mut b = payment_body(1000, email);
-    b["request_token"] = serde_json::json!({"scopes": ["payment:customer_present", "payment:customer_not_present"]});
+    b["request_token"] =
+        serde_json::json!({"scopes": ["payment:customer_present", "payment:customer_not_present"]});
     b
 }
 
@@ -391,14 +392,26 @@ impl World {
         self.sim.set_rules(approve_at_once());
         let key = uuid::Uuid::new_v4().to_string();
         let r = self
-            .call("POST", "/v1/payments", Some(&partner.api_key), Some(&key), Some(&token_request_body("customer@example.com")))
+            .call(
+                "POST",
+                "/v1/payments",
+                Some(&partner.api_key),
+                Some(&key),
+                Some(&token_request_body("customer@example.com")),
+            )
             .await;
         self.sim.set_rules(previous);
         assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
         let body = r.json();
         (
-            body["token"]["token"].as_str().expect("backend token").to_owned(),
-            body["token"]["klarna_customer_token"].as_str().expect("klarna token").to_owned(),
+            body["token"]["token"]
+                .as_str()
+                .expect("backend token")
+                .to_owned(),
+            body["token"]["klarna_customer_token"]
+                .as_str()
+                .expect("klarna token")
+                .to_owned(),
         )
     }
 
@@ -409,7 +422,12 @@ impl World {
 
 impl World {
     /// Delivers a webhook body to `POST /webhooks/klarna` with the given signature headers.
-    pub async fn webhook(&self, body: &str, key_id: Option<&str>, signature: Option<&str>) -> HttpResponse {
+    pub async fn webhook(
+        &self,
+        body: &str,
+        key_id: Option<&str>,
+        signature: Option<&str>,
+    ) -> HttpResponse {
         let mut headers = vec![("content-type".to_owned(), "application/json".to_owned())];
         if let Some(k) = key_id {
             headers.push(("Klarna-Signing-Key-Id".into(), k.to_owned()));
@@ -419,22 +437,43 @@ impl World {
         }
         self.stack
             .api
-            .invoke(HttpRequest { method: "POST".into(), path: "/webhooks/klarna".into(), query: String::new(), headers, body: body.as_bytes().to_vec() })
+            .invoke(HttpRequest {
+                method: "POST".into(),
+                path: "/webhooks/klarna".into(),
+                query: String::new(),
+                headers,
+                body: body.as_bytes().to_vec(),
+            })
             .await
     }
 
     /// Delivers a webhook signed with this world's signing key.
     pub async fn signed_webhook(&self, body: &str) -> HttpResponse {
         let sig = shared::crypto::hmac_sha256_hex(self.signing_secret.as_bytes(), body.as_bytes());
-        self.webhook(body, Some(&self.signing_key_id), Some(&sig)).await
+        self.webhook(body, Some(&self.signing_key_id), Some(&sig))
+            .await
     }
 
     /// Settles the system until the payment reaches `state` (or 10 s pass); returns the payment.
-    pub async fn wait_payment_state(&self, partner: &TestPartner, payment_id: &str, state: &str) -> Value {
+    pub async fn wait_payment_state(
+        &self,
+        partner: &TestPartner,
+        payment_id: &str,
+        state: &str,
+    ) -> Value {
         let mut last = Value::Null;
         for _ in 0..300 {
             self.settle().await;
-            last = self.call("GET", &format!("/v1/payments/{payment_id}"), Some(&partner.api_key), None, None).await.json();
+            last = self
+                .call(
+                    "GET",
+                    &format!("/v1/payments/{payment_id}"),
+                    Some(&partner.api_key),
+                    None,
+                    None,
+                )
+                .await
+                .json();
             if last["state"] == state {
                 return last;
             }
@@ -445,7 +484,14 @@ impl World {
 }
 
 /// A Klarna webhook body in Klarna's envelope.
-pub fn klarna_event(event_id: &str, state: &str, previous: &str, payment_request_id: &str, occurred_at: chrono::DateTime<chrono::Utc>, extra: Value) -> String {
+pub fn klarna_event(
+    event_id: &str,
+    state: &str,
+    previous: &str,
+    payment_request_id: &str,
+    occurred_at: chrono::DateTime<chrono::Utc>,
+    extra: Value,
+) -> String {
     let mut payload = serde_json::json!({
         "payment_request_id": payment_request_id, "state": state, "previous_state": previous,
         "payment_request_reference": "ref"
@@ -480,8 +526,17 @@ impl World {
             .unwrap()
             .queue_url
             .unwrap();
-        let mut rec: PartnerRecord = self.stack.store.get(&partner_pk(&partner.id), PROFILE_SK).await.unwrap().unwrap();
-        rec.subscriptions.push(Subscription { queue_url: url.clone(), event_types: filters.iter().map(|s| s.to_string()).collect() });
+        let mut rec: PartnerRecord = self
+            .stack
+            .store
+            .get(&partner_pk(&partner.id), PROFILE_SK)
+            .await
+            .unwrap()
+            .unwrap();
+        rec.subscriptions.push(Subscription {
+            queue_url: url.clone(),
+            event_types: filters.iter().map(|s| s.to_string()).collect(),
+        });
         self.stack.store.put(&rec).await.unwrap();
         url
     }

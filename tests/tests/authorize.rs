@@ -14,18 +14,40 @@ async fn flow_a_approved_tokenization_returns_both_tokens_and_notifies_once() {
     let w = World::new("flow-a-ok").await;
     let p = w.partner("shop", &["*"]).await;
     w.sim.set_rules(approve_at_once());
-    let r = w.call("POST", "/v1/payments", Some(&p.api_key), Some("k1"), Some(&token_request_body("customer@example.com"))).await;
+    let r = w
+        .call(
+            "POST",
+            "/v1/payments",
+            Some(&p.api_key),
+            Some("k1"),
+            Some(&token_request_body("customer@example.com")),
+        )
+        .await;
     assert_eq!(r.status, 201, "{}", body_text(&r));
     let b = r.json();
     assert_eq!(b["state"], "AUTHORIZED");
     assert_eq!(b["kind"], "token_creation");
-    assert!(b["klarna_transaction_id"].as_str().unwrap().starts_with("krn:"));
+    assert!(b["klarna_transaction_id"]
+        .as_str()
+        .unwrap()
+        .starts_with("krn:"));
     let token = b["token"]["token"].as_str().unwrap();
     assert!(token.starts_with("apt_"));
-    assert!(b["token"]["klarna_customer_token"].as_str().unwrap().starts_with("krn:"));
+    assert!(b["token"]["klarna_customer_token"]
+        .as_str()
+        .unwrap()
+        .starts_with("krn:"));
     // GET shows the payment but never the token again.
     let id = b["payment_id"].as_str().unwrap();
-    let g = w.call("GET", &format!("/v1/payments/{id}"), Some(&p.api_key), None, None).await;
+    let g = w
+        .call(
+            "GET",
+            &format!("/v1/payments/{id}"),
+            Some(&p.api_key),
+            None,
+            None,
+        )
+        .await;
     assert_eq!(g.status, 200);
     assert_eq!(g.json()["state"], "AUTHORIZED");
     assert!(!body_text(&g).contains(token));
@@ -36,18 +58,32 @@ async fn flow_a_approved_tokenization_returns_both_tokens_and_notifies_once() {
     assert_eq!(n.event_type.as_str(), "payment.authorized");
     assert_eq!(n.data.token.as_ref().unwrap().expose(), token);
     assert!(n.data.klarna_customer_token.is_some());
-    assert_eq!(got[0].group_id.as_deref(), Some(b["token"]["token_id"].as_str().unwrap()));
+    assert_eq!(
+        got[0].group_id.as_deref(),
+        Some(b["token"]["token_id"].as_str().unwrap())
+    );
 }
 
 #[tokio::test]
 async fn flow_a_declined_customer_gets_402_and_the_partner_is_told() {
     let w = World::new("flow-a-decl").await;
     let p = w.partner("shop", &["*"]).await;
-    let r = w.call("POST", "/v1/payments", Some(&p.api_key), Some("k1"), Some(&token_request_body("customer+us+denied@klarna.com"))).await;
+    let r = w
+        .call(
+            "POST",
+            "/v1/payments",
+            Some(&p.api_key),
+            Some("k1"),
+            Some(&token_request_body("customer+us+denied@klarna.com")),
+        )
+        .await;
     assert_eq!(r.status, 402, "{}", body_text(&r));
     assert_eq!(r.json()["state"], "DECLINED");
     assert!(r.json()["reason"].as_str().is_some());
-    assert!(r.json()["token"]["token"].is_null(), "no token on a decline");
+    assert!(
+        r.json()["token"]["token"].is_null(),
+        "no token on a decline"
+    );
     w.settle().await;
     let got = w.drain(&p).await;
     assert_eq!(got.len(), 1);
@@ -58,17 +94,34 @@ async fn flow_a_declined_customer_gets_402_and_the_partner_is_told() {
 async fn flow_a_step_up_hands_over_url_and_id() {
     let w = World::new("flow-a-su").await;
     let p = w.partner("shop", &["*"]).await;
-    let r = w.call("POST", "/v1/payments", Some(&p.api_key), Some("k1"), Some(&token_request_body("customer@example.com"))).await;
+    let r = w
+        .call(
+            "POST",
+            "/v1/payments",
+            Some(&p.api_key),
+            Some("k1"),
+            Some(&token_request_body("customer@example.com")),
+        )
+        .await;
     assert_eq!(r.status, 202, "{}", body_text(&r));
     let b = r.json();
     assert_eq!(b["state"], "STEP_UP_PENDING");
-    assert!(b["step_up"]["payment_request_id"].as_str().unwrap().starts_with("krn:payment:"));
-    assert!(b["step_up"]["payment_request_url"].as_str().unwrap().starts_with("http"));
+    assert!(b["step_up"]["payment_request_id"]
+        .as_str()
+        .unwrap()
+        .starts_with("krn:payment:"));
+    assert!(b["step_up"]["payment_request_url"]
+        .as_str()
+        .unwrap()
+        .starts_with("http"));
     assert!(b["step_up"]["expires_at"].as_str().is_some());
     w.settle().await;
     let got = w.drain(&p).await;
     assert_eq!(got.len(), 1);
-    assert_eq!(got[0].notification.event_type.as_str(), "payment.step_up_required");
+    assert_eq!(
+        got[0].notification.event_type.as_str(),
+        "payment.step_up_required"
+    );
 }
 
 #[tokio::test]
@@ -77,15 +130,37 @@ async fn flow_b_charges_one_click_and_steps_up_when_klarna_asks() {
     let p = w.partner("shop", &["*"]).await;
     let (token, _) = w.issue_token(&p).await;
     let path = format!("/v1/tokens/{token}/charges");
-    let r = w.call("POST", &path, Some(&p.api_key), Some("c1"), Some(&charge_body(2500, true, "customer@example.com"))).await;
+    let r = w
+        .call(
+            "POST",
+            &path,
+            Some(&p.api_key),
+            Some("c1"),
+            Some(&charge_body(2500, true, "customer@example.com")),
+        )
+        .await;
     assert_eq!(r.status, 201, "{}", body_text(&r));
     assert_eq!(r.json()["kind"], "token_charge_customer_present");
     assert_eq!(r.json()["state"], "AUTHORIZED");
-    let r = w.call("POST", &path, Some(&p.api_key), Some("c2"), Some(&charge_body(2500, true, "customer+stepup@example.com"))).await;
+    let r = w
+        .call(
+            "POST",
+            &path,
+            Some(&p.api_key),
+            Some("c2"),
+            Some(&charge_body(2500, true, "customer+stepup@example.com")),
+        )
+        .await;
     assert_eq!(r.status, 202, "{}", body_text(&r));
     assert!(r.json()["step_up"]["payment_request_url"].is_string());
     // The Klarna token, not ours, went to Klarna.
-    let sent = w.sim.requests().into_iter().filter(|q| q.route == Route::Authorize).filter_map(|q| q.customer_token).collect::<Vec<_>>();
+    let sent = w
+        .sim
+        .requests()
+        .into_iter()
+        .filter(|q| q.route == Route::Authorize)
+        .filter_map(|q| q.customer_token)
+        .collect::<Vec<_>>();
     assert_eq!(sent.len(), 2);
     assert!(sent.iter().all(|t| t.starts_with("krn:")));
 }
@@ -98,21 +173,54 @@ async fn flow_c_subscription_charge_approved_then_declined_with_reason() {
     w.settle().await;
     w.drain(&p).await;
     let path = format!("/v1/tokens/{token}/charges");
-    let r = w.call("POST", &path, Some(&p.api_key), Some("s1"), Some(&charge_body(999, false, "customer@example.com"))).await;
+    let r = w
+        .call(
+            "POST",
+            &path,
+            Some(&p.api_key),
+            Some("s1"),
+            Some(&charge_body(999, false, "customer@example.com")),
+        )
+        .await;
     assert_eq!(r.status, 201, "{}", body_text(&r));
     assert_eq!(r.json()["kind"], "token_charge_customer_not_present");
-    let r = w.call("POST", &path, Some(&p.api_key), Some("s2"), Some(&charge_body(999, false, "customer+decline-insufficient_funds@example.com"))).await;
+    let r = w
+        .call(
+            "POST",
+            &path,
+            Some(&p.api_key),
+            Some("s2"),
+            Some(&charge_body(
+                999,
+                false,
+                "customer+decline-insufficient_funds@example.com",
+            )),
+        )
+        .await;
     assert_eq!(r.status, 402, "{}", body_text(&r));
     assert_eq!(r.json()["reason"], "INSUFFICIENT_FUNDS");
     // Nobody is present: no step_up_config went to Klarna for either charge.
-    let charges: Vec<_> = w.sim.requests().into_iter().filter(|q| q.route == Route::Authorize && q.customer_token.is_some()).collect();
+    let charges: Vec<_> = w
+        .sim
+        .requests()
+        .into_iter()
+        .filter(|q| q.route == Route::Authorize && q.customer_token.is_some())
+        .collect();
     assert_eq!(charges.len(), 2);
-    assert!(charges.iter().all(|q| q.body.get("step_up_config").is_none()));
+    assert!(charges
+        .iter()
+        .all(|q| q.body.get("step_up_config").is_none()));
     w.settle().await;
     let got = w.drain(&p).await;
-    let types: Vec<&str> = got.iter().map(|g| g.notification.event_type.as_str()).collect();
+    let types: Vec<&str> = got
+        .iter()
+        .map(|g| g.notification.event_type.as_str())
+        .collect();
     assert_eq!(types, ["payment.authorized", "payment.declined"]);
-    assert_eq!(got[1].notification.data.reason.as_deref(), Some("INSUFFICIENT_FUNDS"));
+    assert_eq!(
+        got[1].notification.data.reason.as_deref(),
+        Some("INSUFFICIENT_FUNDS")
+    );
 }
 
 #[tokio::test]
@@ -121,24 +229,69 @@ async fn idempotency_replays_refuses_changed_bodies_and_holds_off_in_flight_dupl
     let p = w.partner("shop", &["*"]).await;
     w.sim.set_rules(approve_at_once());
     let body = payment_body(1500, "customer@example.com");
-    let a = w.call("POST", "/v1/payments", Some(&p.api_key), Some("same"), Some(&body)).await;
-    let b = w.call("POST", "/v1/payments", Some(&p.api_key), Some("same"), Some(&body)).await;
+    let a = w
+        .call(
+            "POST",
+            "/v1/payments",
+            Some(&p.api_key),
+            Some("same"),
+            Some(&body),
+        )
+        .await;
+    let b = w
+        .call(
+            "POST",
+            "/v1/payments",
+            Some(&p.api_key),
+            Some("same"),
+            Some(&body),
+        )
+        .await;
     assert_eq!(a.status, 201);
     assert_eq!((b.status, b.body.clone()), (a.status, a.body.clone()));
-    assert_eq!(w.sim.count(Route::Authorize), 1, "one Klarna call for two identical requests");
+    assert_eq!(
+        w.sim.count(Route::Authorize),
+        1,
+        "one Klarna call for two identical requests"
+    );
     let mut changed = body.clone();
     changed["amount"] = json!(1600);
-    let c = w.call("POST", "/v1/payments", Some(&p.api_key), Some("same"), Some(&changed)).await;
+    let c = w
+        .call(
+            "POST",
+            "/v1/payments",
+            Some(&p.api_key),
+            Some("same"),
+            Some(&changed),
+        )
+        .await;
     assert_eq!(c.status, 422);
     assert_eq!(c.json()["error"]["code"], "idempotency_key_reused");
     assert_eq!(w.sim.count(Route::Authorize), 1);
 
     // A duplicate that arrives while the first is still at Klarna is told to retry.
-    w.sim.inject(Fault { route: Route::Authorize, kind: FaultKind::Hang(std::time::Duration::from_millis(600)), count: 1 });
-    let first = w.call("POST", "/v1/payments", Some(&p.api_key), Some("slow"), Some(&body));
+    w.sim.inject(Fault {
+        route: Route::Authorize,
+        kind: FaultKind::Hang(std::time::Duration::from_millis(600)),
+        count: 1,
+    });
+    let first = w.call(
+        "POST",
+        "/v1/payments",
+        Some(&p.api_key),
+        Some("slow"),
+        Some(&body),
+    );
     let second = async {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        w.call("POST", "/v1/payments", Some(&p.api_key), Some("slow"), Some(&body)).await
+        w.call(
+            "POST",
+            "/v1/payments",
+            Some(&p.api_key),
+            Some("slow"),
+            Some(&body),
+        )
+        .await
     };
     let (first, second) = tokio::join!(first, second);
     assert_eq!(first.status, 201, "{}", body_text(&first));
@@ -153,22 +306,77 @@ async fn partners_cannot_see_or_charge_each_other() {
     let b = w.partner("b", &["*"]).await;
     let (token, _) = w.issue_token(&a).await;
     let list = w.sim.count(Route::Authorize);
-    let r = w.call("POST", "/v1/payments", Some(&a.api_key), Some("x"), Some(&payment_body(100, "c@example.com"))).await;
+    let r = w
+        .call(
+            "POST",
+            "/v1/payments",
+            Some(&a.api_key),
+            Some("x"),
+            Some(&payment_body(100, "c@example.com")),
+        )
+        .await;
     let id = r.json()["payment_id"].as_str().unwrap().to_owned();
-    let g = w.call("GET", &format!("/v1/payments/{id}"), Some(&b.api_key), None, None).await;
+    let g = w
+        .call(
+            "GET",
+            &format!("/v1/payments/{id}"),
+            Some(&b.api_key),
+            None,
+            None,
+        )
+        .await;
     assert_eq!(g.status, 404);
-    let c = w.call("POST", &format!("/v1/tokens/{token}/charges"), Some(&b.api_key), Some("y"), Some(&charge_body(100, false, "c@example.com"))).await;
+    let c = w
+        .call(
+            "POST",
+            &format!("/v1/tokens/{token}/charges"),
+            Some(&b.api_key),
+            Some("y"),
+            Some(&charge_body(100, false, "c@example.com")),
+        )
+        .await;
     assert_eq!(c.status, 404);
-    assert_eq!(w.sim.count(Route::Authorize), list + 1, "B's attempts never reached Klarna");
+    assert_eq!(
+        w.sim.count(Route::Authorize),
+        list + 1,
+        "B's attempts never reached Klarna"
+    );
     // No body can choose the partner.
     let mut forged = payment_body(100, "c@example.com");
     forged["partner_id"] = json!(a.id.as_str());
-    let f = w.call("POST", "/v1/payments", Some(&b.api_key), Some("z"), Some(&forged)).await;
-    assert_eq!((f.status, f.json()["error"]["field"].clone()), (400, json!("partner_id")));
+    let f = w
+        .call(
+            "POST",
+            "/v1/payments",
+            Some(&b.api_key),
+            Some("z"),
+            Some(&forged),
+        )
+        .await;
+    assert_eq!(
+        (f.status, f.json()["error"]["field"].clone()),
+        (400, json!("partner_id"))
+    );
     // The gateway refuses missing and unknown keys before any function runs.
-    assert_eq!(w.call("GET", &format!("/v1/payments/{id}"), None, None, None).await.status, 401);
+    assert_eq!(
+        w.call("GET", &format!("/v1/payments/{id}"), None, None, None)
+            .await
+            .status,
+        401
+    );
     let bogus = shared::ids::SecretString::new("kbk_not-a-key");
-    assert_eq!(w.call("GET", &format!("/v1/payments/{id}"), Some(&bogus), None, None).await.status, 403);
+    assert_eq!(
+        w.call(
+            "GET",
+            &format!("/v1/payments/{id}"),
+            Some(&bogus),
+            None,
+            None
+        )
+        .await
+        .status,
+        403
+    );
 }
 
 #[tokio::test]
@@ -176,31 +384,91 @@ async fn klarna_503_is_retried_with_the_same_key_and_a_klarna_400_is_not() {
     let w = World::new("faults").await;
     let p = w.partner("shop", &["*"]).await;
     w.sim.set_rules(approve_at_once());
-    w.sim.inject(Fault { route: Route::Authorize, kind: FaultKind::Unavailable503, count: 1 });
-    let r = w.call("POST", "/v1/payments", Some(&p.api_key), Some("k"), Some(&payment_body(100, "c@example.com"))).await;
+    w.sim.inject(Fault {
+        route: Route::Authorize,
+        kind: FaultKind::Unavailable503,
+        count: 1,
+    });
+    let r = w
+        .call(
+            "POST",
+            "/v1/payments",
+            Some(&p.api_key),
+            Some("k"),
+            Some(&payment_body(100, "c@example.com")),
+        )
+        .await;
     assert_eq!(r.status, 201, "{}", body_text(&r));
-    let calls: Vec<_> = w.sim.requests().into_iter().filter(|q| q.route == Route::Authorize).collect();
-    assert_eq!(calls.iter().map(|c| c.status).collect::<Vec<_>>(), [503, 200]);
+    let calls: Vec<_> = w
+        .sim
+        .requests()
+        .into_iter()
+        .filter(|q| q.route == Route::Authorize)
+        .collect();
+    assert_eq!(
+        calls.iter().map(|c| c.status).collect::<Vec<_>>(),
+        [503, 200]
+    );
     assert_eq!(calls[0].idempotency_key, calls[1].idempotency_key);
     assert!(calls[0].idempotency_key.is_some());
 
     // A stale interoperability session token, forwarded unmodified, is refused by Klarna with a
     // 400: not retried, and the partner sees Klarna's reason.
     let mut stale = payment_body(100, "c@example.com");
-    stale["klarna_network_session_token"] = json!("krn:payment:eu1:klarna-network-session-token:expired");
+    stale["klarna_network_session_token"] =
+        json!("krn:payment:eu1:klarna-network-session-token:expired");
     let before = w.sim.count(Route::Authorize) + w.sim.count(Route::FinalAuthorize);
-    let r = w.call("POST", "/v1/payments", Some(&p.api_key), Some("h"), Some(&stale)).await;
+    let r = w
+        .call(
+            "POST",
+            "/v1/payments",
+            Some(&p.api_key),
+            Some("h"),
+            Some(&stale),
+        )
+        .await;
     assert_eq!(r.status, 422, "{}", body_text(&r));
     assert_eq!(r.json()["error"]["code"], "klarna_rejected");
-    assert!(r.json()["error"]["message"].as_str().unwrap().contains("SESSION_TOKEN"), "{}", body_text(&r));
+    assert!(
+        r.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("SESSION_TOKEN"),
+        "{}",
+        body_text(&r)
+    );
     assert_eq!(r.json()["payment"]["state"], "FAILED");
-    assert_eq!(w.sim.count(Route::Authorize) + w.sim.count(Route::FinalAuthorize), before + 1, "a Klarna 4xx is never retried");
+    assert_eq!(
+        w.sim.count(Route::Authorize) + w.sim.count(Route::FinalAuthorize),
+        before + 1,
+        "a Klarna 4xx is never retried"
+    );
 
     // Klarna down for longer than our retries: 503 to the partner, and the retry completes.
-    w.sim.inject(Fault { route: Route::Authorize, kind: FaultKind::TechnicalError500, count: 3 });
-    let r = w.call("POST", "/v1/payments", Some(&p.api_key), Some("down"), Some(&payment_body(100, "c@example.com"))).await;
+    w.sim.inject(Fault {
+        route: Route::Authorize,
+        kind: FaultKind::TechnicalError500,
+        count: 3,
+    });
+    let r = w
+        .call(
+            "POST",
+            "/v1/payments",
+            Some(&p.api_key),
+            Some("down"),
+            Some(&payment_body(100, "c@example.com")),
+        )
+        .await;
     assert_eq!(r.status, 503, "{}", body_text(&r));
-    let r = w.call("POST", "/v1/payments", Some(&p.api_key), Some("down"), Some(&payment_body(100, "c@example.com"))).await;
+    let r = w
+        .call(
+            "POST",
+            "/v1/payments",
+            Some(&p.api_key),
+            Some("down"),
+            Some(&payment_body(100, "c@example.com")),
+        )
+        .await;
     assert_eq!(r.status, 201, "{}", body_text(&r));
 }
 
@@ -213,38 +481,146 @@ async fn bad_input_is_refused_early_with_the_field_named_and_nothing_sent_or_wri
     w.drain(&p).await;
     let calls = w.sim.count(Route::Authorize);
     let cases: Vec<(serde_json::Value, &str)> = vec![
-        (json!({"currency": "EUR", "return_url": "https://s.example/r"}), "amount"),
-        (json!({"amount": 0, "currency": "EUR", "return_url": "https://s.example/r"}), "amount"),
-        (json!({"amount": -5, "currency": "EUR", "return_url": "https://s.example/r"}), "amount"),
-        (json!({"amount": 1.5, "currency": "EUR", "return_url": "https://s.example/r"}), "amount"),
-        (json!({"amount": 99999999999999i64, "currency": "EUR", "return_url": "https://s.example/r"}), "amount"),
-        (json!({"amount": 100, "currency": "XXX", "return_url": "https://s.example/r"}), "currency"),
-        (json!({"amount": 100, "return_url": "https://s.example/r"}), "currency"),
-        (json!({"amount": 100, "currency": "EUR", "return_url": "https://s.example/r", "colour": "red"}), "colour"),
+        (
+            json!({"currency": "EUR", "return_url": "https://s.example/r"}),
+            "amount",
+        ),
+        (
+            json!({"amount": 0, "currency": "EUR", "return_url": "https://s.example/r"}),
+            "amount",
+        ),
+        (
+            json!({"amount": -5, "currency": "EUR", "return_url": "https://s.example/r"}),
+            "amount",
+        ),
+        (
+            json!({"amount": 1.5, "currency": "EUR", "return_url": "https://s.example/r"}),
+            "amount",
+        ),
+        (
+            json!({"amount": 99999999999999i64, "currency": "EUR", "return_url": "https://s.example/r"}),
+            "amount",
+        ),
+        (
+            json!({"amount": 100, "currency": "XXX", "return_url": "https://s.example/r"}),
+            "currency",
+        ),
+        (
+            json!({"amount": 100, "return_url": "https://s.example/r"}),
+            "currency",
+        ),
+        (
+            json!({"amount": 100, "currency": "EUR", "return_url": "https://s.example/r", "colour": "red"}),
+            "colour",
+        ),
         (json!({"amount": 100, "currency": "EUR"}), "return_url"),
-        (json!({"amount": 100, "currency": "EUR", "return_url": "http://evil.example"}), "return_url"),
-        (json!({"amount": 100, "currency": "EUR", "return_url": "https://s.example/r", "request_token": {"scopes": ["payment:everything"]}}), "request_token.scopes"),
+        (
+            json!({"amount": 100, "currency": "EUR", "return_url": "http://evil.example"}),
+            "return_url",
+        ),
+        (
+            json!({"amount": 100, "currency": "EUR", "return_url": "https://s.example/r", "request_token": {"scopes": ["payment:everything"]}}),
+            "request_token.scopes",
+        ),
     ];
     for (i, (body, field)) in cases.iter().enumerate() {
-        let r = w.call("POST", "/v1/payments", Some(&p.api_key), Some(&format!("bad-{i}")), Some(body)).await;
+        let r = w
+            .call(
+                "POST",
+                "/v1/payments",
+                Some(&p.api_key),
+                Some(&format!("bad-{i}")),
+                Some(body),
+            )
+            .await;
         assert_eq!(r.status, 400, "{body}: {}", body_text(&r));
         assert_eq!(r.json()["error"]["field"], *field, "{body}");
     }
-    let missing_key = w.call("POST", "/v1/payments", Some(&p.api_key), None, Some(&payment_body(100, "c@example.com"))).await;
-    assert_eq!((missing_key.status, missing_key.json()["error"]["field"].clone()), (400, json!("Idempotency-Key")));
+    let missing_key = w
+        .call(
+            "POST",
+            "/v1/payments",
+            Some(&p.api_key),
+            None,
+            Some(&payment_body(100, "c@example.com")),
+        )
+        .await;
+    assert_eq!(
+        (
+            missing_key.status,
+            missing_key.json()["error"]["field"].clone()
+        ),
+        (400, json!("Idempotency-Key"))
+    );
     let huge = json!({"amount": 100, "currency": "EUR", "return_url": "https://s.example/r", "purchase_data": {"blob": "x".repeat(70_000)}});
-    assert_eq!(w.call("POST", "/v1/payments", Some(&p.api_key), Some("huge"), Some(&huge)).await.status, 413);
+    assert_eq!(
+        w.call(
+            "POST",
+            "/v1/payments",
+            Some(&p.api_key),
+            Some("huge"),
+            Some(&huge)
+        )
+        .await
+        .status,
+        413
+    );
     let unknown = format!("apt_{}", "A".repeat(43));
-    assert_eq!(w.call("POST", &format!("/v1/tokens/{unknown}/charges"), Some(&p.api_key), Some("u"), Some(&charge_body(100, false, "c@example.com"))).await.status, 404);
-    assert_eq!(w.call("POST", "/v1/tokens/not-a-token/charges", Some(&p.api_key), Some("m"), Some(&charge_body(100, false, "c@example.com"))).await.status, 400);
+    assert_eq!(
+        w.call(
+            "POST",
+            &format!("/v1/tokens/{unknown}/charges"),
+            Some(&p.api_key),
+            Some("u"),
+            Some(&charge_body(100, false, "c@example.com"))
+        )
+        .await
+        .status,
+        404
+    );
+    assert_eq!(
+        w.call(
+            "POST",
+            "/v1/tokens/not-a-token/charges",
+            Some(&p.api_key),
+            Some("m"),
+            Some(&charge_body(100, false, "c@example.com"))
+        )
+        .await
+        .status,
+        400
+    );
     // A revoked token is refused without calling Klarna.
-    let revoke = w.call("DELETE", &format!("/v1/tokens/{token}"), Some(&p.api_key), None, None).await;
+    let revoke = w
+        .call(
+            "DELETE",
+            &format!("/v1/tokens/{token}"),
+            Some(&p.api_key),
+            None,
+            None,
+        )
+        .await;
     assert_eq!(revoke.status, 200);
     let calls_after_revoke = w.sim.count(Route::Authorize);
-    let r = w.call("POST", &format!("/v1/tokens/{token}/charges"), Some(&p.api_key), Some("rv"), Some(&charge_body(100, false, "c@example.com"))).await;
-    assert_eq!((r.status, r.json()["error"]["code"].clone()), (410, json!("token_revoked")));
+    let r = w
+        .call(
+            "POST",
+            &format!("/v1/tokens/{token}/charges"),
+            Some(&p.api_key),
+            Some("rv"),
+            Some(&charge_body(100, false, "c@example.com")),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.json()["error"]["code"].clone()),
+        (410, json!("token_revoked"))
+    );
     assert_eq!(calls, calls_after_revoke);
-    assert_eq!(w.sim.count(Route::Authorize), calls, "no bad request reached Klarna");
+    assert_eq!(
+        w.sim.count(Route::Authorize),
+        calls,
+        "no bad request reached Klarna"
+    );
     w.settle().await;
     let got = w.drain(&p).await;
     assert_eq!(got.len(), 1, "only the revocation was notified: {got:?}");

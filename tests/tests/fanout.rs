@@ -43,30 +43,90 @@ async fn each_partner_gets_only_its_events_and_filters_are_honoured() {
     let b = w.partner("b", &["payment.declined"]).await;
     w.sim.set_rules(approve_at_once());
     for (p, key) in [(&a, "a"), (&b, "b")] {
-        let ok = w.call("POST", "/v1/payments", Some(&p.api_key), Some(&format!("{key}-ok")), Some(&token_request_body("c@example.com"))).await;
+        let ok = w
+            .call(
+                "POST",
+                "/v1/payments",
+                Some(&p.api_key),
+                Some(&format!("{key}-ok")),
+                Some(&token_request_body("c@example.com")),
+            )
+            .await;
         assert_eq!(ok.status, 201);
-        let no = w.call("POST", "/v1/payments", Some(&p.api_key), Some(&format!("{key}-no")), Some(&payment_body(100, "c+denied@example.com"))).await;
+        let no = w
+            .call(
+                "POST",
+                "/v1/payments",
+                Some(&p.api_key),
+                Some(&format!("{key}-no")),
+                Some(&payment_body(100, "c+denied@example.com")),
+            )
+            .await;
         assert_eq!(no.status, 402);
     }
-    let token = w.call("POST", "/v1/payments", Some(&a.api_key), Some("a-ok"), Some(&token_request_body("c@example.com"))).await.json()["token"]["token"].as_str().unwrap().to_owned();
-    assert_eq!(w.call("DELETE", &format!("/v1/tokens/{token}"), Some(&a.api_key), None, None).await.status, 200);
+    let token = w
+        .call(
+            "POST",
+            "/v1/payments",
+            Some(&a.api_key),
+            Some("a-ok"),
+            Some(&token_request_body("c@example.com")),
+        )
+        .await
+        .json()["token"]["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        w.call(
+            "DELETE",
+            &format!("/v1/tokens/{token}"),
+            Some(&a.api_key),
+            None,
+            None
+        )
+        .await
+        .status,
+        200
+    );
     w.settle().await;
     let got_a = w.drain(&a).await;
-    let types_a: Vec<&str> = got_a.iter().map(|g| g.notification.event_type.as_str()).collect();
-    assert_eq!(types_a, ["payment.authorized", "payment.declined", "token.revoked"]);
+    let types_a: Vec<&str> = got_a
+        .iter()
+        .map(|g| g.notification.event_type.as_str())
+        .collect();
+    assert_eq!(
+        types_a,
+        ["payment.authorized", "payment.declined", "token.revoked"]
+    );
     assert!(got_a.iter().all(|g| g.notification.partner_id == a.id));
     let got_tokens = w.drain_queue(&a, &a_tokens).await;
-    assert_eq!(got_tokens.iter().map(|g| g.notification.event_type.as_str()).collect::<Vec<_>>(), ["token.revoked"]);
+    assert_eq!(
+        got_tokens
+            .iter()
+            .map(|g| g.notification.event_type.as_str())
+            .collect::<Vec<_>>(),
+        ["token.revoked"]
+    );
     let got_b = w.drain(&b).await;
     assert_eq!(got_b.len(), 1);
-    assert_eq!(got_b[0].notification.event_type.as_str(), "payment.declined");
+    assert_eq!(
+        got_b[0].notification.event_type.as_str(),
+        "payment.declined"
+    );
     assert_eq!(got_b[0].notification.partner_id, b.id);
 }
 
 #[tokio::test]
 async fn one_tokens_events_arrive_in_order_and_batches_hold_ten() {
     let proxy = FaultProxy::start(local_stack::stack::local_endpoint()).await;
-    let w = World::with_sdk("fanout-order", proxy.sdk().await, SimConfig::default(), |_| {}).await;
+    let w = World::with_sdk(
+        "fanout-order",
+        proxy.sdk().await,
+        SimConfig::default(),
+        |_| {},
+    )
+    .await;
     let p = w.partner("shop", &["*"]).await;
     let mut items = Vec::new();
     for seq in 0..10 {
@@ -77,7 +137,10 @@ async fn one_tokens_events_arrive_in_order_and_batches_hold_ten() {
     let before = proxy.calls("SendMessageBatch");
     w.settle().await;
     let batches = proxy.calls("SendMessageBatch") - before;
-    assert_eq!(batches, 2, "20 messages to one queue take ceil(20/10) calls");
+    assert_eq!(
+        batches, 2,
+        "20 messages to one queue take ceil(20/10) calls"
+    );
     let got = w.drain(&p).await;
     assert_eq!(got.len(), 20);
     let one: Vec<i64> = got
@@ -85,17 +148,30 @@ async fn one_tokens_events_arrive_in_order_and_batches_hold_ten() {
         .filter(|g| g.group_id.as_deref() == Some("tok_one"))
         .map(|g| g.notification.data.amount.unwrap())
         .collect();
-    assert_eq!(one, (0..10).collect::<Vec<_>>(), "one token's events in order");
-    let groups: std::collections::BTreeSet<_> = got.iter().filter_map(|g| g.group_id.clone()).collect();
+    assert_eq!(
+        one,
+        (0..10).collect::<Vec<_>>(),
+        "one token's events in order"
+    );
+    let groups: std::collections::BTreeSet<_> =
+        got.iter().filter_map(|g| g.group_id.clone()).collect();
     assert_eq!(groups.len(), 4);
 }
 
 #[tokio::test]
 async fn refused_batch_entries_are_resent_alone_and_nothing_is_duplicated() {
     let proxy = FaultProxy::start(local_stack::stack::local_endpoint()).await;
-    let w = World::with_sdk("fanout-partial", proxy.sdk().await, SimConfig::default(), |_| {}).await;
+    let w = World::with_sdk(
+        "fanout-partial",
+        proxy.sdk().await,
+        SimConfig::default(),
+        |_| {},
+    )
+    .await;
     let p = w.partner("shop", &["*"]).await;
-    let items: Vec<_> = (0..7).map(|i| notification(&p.id, &format!("tok_{i}"), i)).collect();
+    let items: Vec<_> = (0..7)
+        .map(|i| notification(&p.id, &format!("tok_{i}"), i))
+        .collect();
     write_outbox(&w, &items).await;
     proxy.inject("SendMessageBatch", AwsFault::FailFirstEntry, 1);
     w.settle().await;
@@ -106,7 +182,11 @@ async fn refused_batch_entries_are_resent_alone_and_nothing_is_duplicated() {
     let mut want: Vec<String> = items.iter().map(|n| n.event_id.to_string()).collect();
     want.sort();
     assert_eq!(ids, want, "every message once");
-    assert_eq!(proxy.calls("SendMessageBatch"), 2, "one batch, then the refused entry alone");
+    assert_eq!(
+        proxy.calls("SendMessageBatch"),
+        2,
+        "one batch, then the refused entry alone"
+    );
 }
 
 #[tokio::test]
@@ -114,7 +194,12 @@ async fn a_missing_queue_sends_the_record_to_the_failure_destination_and_others_
     let w = World::new("fanout-missing").await;
     let good = w.partner("good", &["*"]).await;
     let bad = w.partner("bad", &["*"]).await;
-    w.sqs().delete_queue().queue_url(&bad.queue_url).send().await.unwrap();
+    w.sqs()
+        .delete_queue()
+        .queue_url(&bad.queue_url)
+        .send()
+        .await
+        .unwrap();
     let items = vec![
         notification(&good.id, "tok_g1", 1),
         notification(&bad.id, "tok_b1", 2),
@@ -123,11 +208,26 @@ async fn a_missing_queue_sends_the_record_to_the_failure_destination_and_others_
     write_outbox(&w, &items).await;
     w.settle().await;
     let got = w.drain(&good).await;
-    assert_eq!(got.len(), 2, "the good partner's messages went out, once each: {got:?}");
+    assert_eq!(
+        got.len(),
+        2,
+        "the good partner's messages went out, once each: {got:?}"
+    );
     let failure_queue = w.stack.resources.queue_url("FanoutFailureQueue").to_owned();
-    let failed = w.sqs().receive_message().queue_url(&failure_queue).send().await.unwrap().messages.unwrap_or_default();
+    let failed = w
+        .sqs()
+        .receive_message()
+        .queue_url(&failure_queue)
+        .send()
+        .await
+        .unwrap()
+        .messages
+        .unwrap_or_default();
     assert_eq!(failed.len(), 1);
     let info: serde_json::Value = serde_json::from_str(failed[0].body().unwrap()).unwrap();
-    assert_eq!(info["requestContext"]["condition"], "RetryAttemptsExhausted");
+    assert_eq!(
+        info["requestContext"]["condition"],
+        "RetryAttemptsExhausted"
+    );
     assert!(info["DDBStreamBatchInfo"]["startSequenceNumber"].is_string());
 }
