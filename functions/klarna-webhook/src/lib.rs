@@ -5,6 +5,7 @@
 
 use aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse};
 use chrono::{DateTime, Duration, Utc};
+use serde::Deserialize;
 use shared::config::CachedSecret;
 use shared::domain::{PaymentState, StepUpEvent, Transition};
 use shared::http::{self as h, ApiError};
@@ -121,34 +122,41 @@ fn refuse(code: &'static str, message: impl Into<String>) -> WebhookError {
     WebhookError::Refused(ApiError::new(400, code, message))
 }
 
-async fn process(
-    deps: &Deps,
-    req: &ApiGatewayV2httpRequest,
+/// What a verified, fresh webhook asks for: the result of verify + parse + route, without I/O.
+pub enum Routed {
+    /// Signed by Klarna, but not a Klarna event (kept for an operator, refused).
+    Malformed(String),
+    /// A payment-request state change this backend acts on.
+    StateChange {
+        envelope: WebhookEnvelope,
+        event: StepUpEvent,
+        change: PaymentRequestChange,
+    },
+    /// Valid, but of a type, version or payload this backend does not act on: acknowledged and
+    /// kept, so Klarna does not retry it forever.
+    Unrouted(WebhookEnvelope),
+}
+
+/// Verifies the signature over the raw body, parses the envelope, refuses stale or future events,
+/// and routes by event type. Pure: the per-event CPU of the webhook lives here.
+pub fn verify_and_route(
+    keys: &SigningKeys,
+    key_id: Option<&str>,
+    signature: Option<&str>,
+    body: &[u8],
     now: DateTime<Utc>,
-) -> Result<KlarnaEventOutcome, WebhookError> {
-    let body = h::body_bytes(req, BODY_LIMIT).map_err(WebhookError::Refused)?;
-    let key_id = h::header(req, "klarna-signing-key-id");
-    let keys = deps.keys.current().await?;
-    if let Err(e) = keys.verify(key_id, h::header(req, "klarna-signature"), &body) {
-        tracing::warn!(signing_key_id = key_id, event_id = peek_event_id(&body).as_deref(), reason = %e, "signature refused");
+    replay_window: Duration,
+) -> Result<Routed, WebhookError> {
+    if let Err(e) = keys.verify(key_id, signature, body) {
+        tracing::warn!(signing_key_id = key_id, event_id = peek_event_id(body).as_deref(), reason = %e, "signature refused");
         return Err(refuse("invalid_signature", e.to_string()));
     }
-    let envelope: WebhookEnvelope = match serde_json::from_slice(&body) {
+    let envelope: WebhookEnvelope = match serde_json::from_slice(body) {
         Ok(e) => e,
-        Err(e) => {
-            // Signed by Klarna but unreadable: keep it for an operator, answer 400.
-            keep_rejected(deps, &body, "malformed", now).await?;
-            return Err(refuse(
-                "malformed_event",
-                format!("signed body is not a Klarna event: {e}"),
-            ));
-        }
+        Err(e) => return Ok(Routed::Malformed(e.to_string())),
     };
     let m = &envelope.metadata;
-    let span = tracing::Span::current();
-    span.record("event_id", m.event_id.as_str());
-    span.record("event_type", m.event_type.as_str());
-    if m.occurred_at < now - deps.replay_window {
+    if m.occurred_at < now - replay_window {
         return Err(refuse(
             "stale_event",
             "occurred_at is outside the replay window",
@@ -157,6 +165,57 @@ async fn process(
     if m.occurred_at > now + FUTURE_SKEW {
         return Err(refuse("future_event", "occurred_at is in the future"));
     }
+    let event = StepUpEvent::from_event_type(&m.event_type).filter(|_| {
+        m.event_version
+            .as_deref()
+            .is_none_or(|v| v == "v2" || v == "v1")
+    });
+    let change = PaymentRequestChange::deserialize(&envelope.payload).ok();
+    Ok(match (event, change) {
+        (Some(event), Some(change)) => Routed::StateChange {
+            envelope,
+            event,
+            change,
+        },
+        _ => Routed::Unrouted(envelope),
+    })
+}
+
+async fn process(
+    deps: &Deps,
+    req: &ApiGatewayV2httpRequest,
+    now: DateTime<Utc>,
+) -> Result<KlarnaEventOutcome, WebhookError> {
+    let body = h::body_bytes(req, BODY_LIMIT).map_err(WebhookError::Refused)?;
+    let keys = deps.keys.current().await?;
+    let routed = verify_and_route(
+        &keys,
+        h::header(req, "klarna-signing-key-id"),
+        h::header(req, "klarna-signature"),
+        &body,
+        now,
+        deps.replay_window,
+    )?;
+    let (envelope, routed) = match routed {
+        Routed::Malformed(e) => {
+            // Signed by Klarna but unreadable: keep it for an operator, answer 400.
+            keep_rejected(deps, &body, "malformed", now).await?;
+            return Err(refuse(
+                "malformed_event",
+                format!("signed body is not a Klarna event: {e}"),
+            ));
+        }
+        Routed::StateChange {
+            envelope,
+            event,
+            change,
+        } => (envelope, Some((event, change))),
+        Routed::Unrouted(envelope) => (envelope, None),
+    };
+    let m = &envelope.metadata;
+    let span = tracing::Span::current();
+    span.record("event_id", m.event_id.as_str());
+    span.record("event_type", m.event_type.as_str());
     let event_pk = klarna_event_pk(&m.event_id);
     if deps
         .store
@@ -178,14 +237,7 @@ async fn process(
         body_sealed: None,
         ttl: (now + deps.replay_window + DEDUPE_MARGIN).timestamp(),
     };
-    let event = StepUpEvent::from_event_type(&m.event_type).filter(|_| {
-        m.event_version
-            .as_deref()
-            .is_none_or(|v| v == "v2" || v == "v1")
-    });
-    let change: Option<PaymentRequestChange> =
-        serde_json::from_value(envelope.payload.clone()).ok();
-    let (Some(event), Some(change)) = (event, change) else {
+    let Some((event, change)) = routed else {
         // Acknowledged so Klarna does not retry forever; kept for inspection.
         let mut r = record(
             KlarnaEventOutcome::Unmatched,

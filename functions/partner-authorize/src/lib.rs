@@ -160,15 +160,15 @@ async fn get_payment(
 }
 
 /// What a route resolved before Klarna is called.
-struct Plan {
-    kind: PaymentKind,
-    amount: Option<i64>,
-    currency: String,
-    reference: Option<String>,
-    klarna_request: AuthorizeRequest,
-    partner_session_token: Option<NetworkSessionToken>,
-    token: Option<(TokenRecord, CustomerToken)>,
-    requested_scopes: Vec<Scope>,
+pub struct Plan {
+    pub kind: PaymentKind,
+    pub amount: Option<i64>,
+    pub currency: String,
+    pub reference: Option<String>,
+    pub klarna_request: AuthorizeRequest,
+    pub partner_session_token: Option<NetworkSessionToken>,
+    pub token: Option<(TokenRecord, CustomerToken)>,
+    pub requested_scopes: Vec<Scope>,
 }
 
 async fn create_payment(
@@ -178,7 +178,15 @@ async fn create_payment(
 ) -> Result<ApiGatewayV2httpResponse, AuthorizeError> {
     let key = idempotency::key(h::header(req, "idempotency-key"))?;
     let body = h::body_bytes(req, BODY_LIMIT)?;
-    let b: CreatePayment = request::parse(&body)?;
+    let plan = plan_payment(&body)?;
+    let canonical: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    run(deps, partner_id, "payments", &key, &canonical, plan).await
+}
+
+/// Validates a `POST /v1/payments` body and maps it to Klarna's authorize request. Pure: the
+/// per-request CPU of the route lives here.
+pub fn plan_payment(body: &[u8]) -> Result<Plan, ApiError> {
+    let b: CreatePayment = request::parse(body)?;
     let currency = request::currency(&b.currency)?;
     let amount = b
         .amount
@@ -212,7 +220,7 @@ async fn create_payment(
     } else {
         PaymentKind::OneTime
     };
-    let plan = Plan {
+    Ok(Plan {
         kind,
         amount,
         currency: currency.clone(),
@@ -242,9 +250,7 @@ async fn create_payment(
         partner_session_token: session.map(NetworkSessionToken::new),
         token: None,
         requested_scopes: scopes.unwrap_or_default(),
-    };
-    let canonical: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-    run(deps, partner_id, "payments", &key, &canonical, plan).await
+    })
 }
 
 async fn charge_token(

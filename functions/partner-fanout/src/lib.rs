@@ -115,35 +115,48 @@ async fn messages_for(
                 .get(&item.partner_id)
                 .and_then(Option::as_ref)
                 .ok_or_else(|| FanoutError::UnknownPartner(item.partner_id.clone()))?;
-            let event_type: NotificationType =
-                serde_json::from_value(serde_json::Value::String(item.event_type.clone()))
-                    .map_err(|e| FanoutError::BadRecord(e.to_string()))?;
             let secrets = partners::notification_secrets(&deps.store, partner)?;
-            let timestamp = now.timestamp();
-            let signature = notify::sign(&secrets, item.id.as_str(), timestamp, &body);
-            Ok(partner
-                .subscriptions
-                .iter()
-                .filter(|s| s.event_types.iter().any(|f| event_type.matches_filter(f)))
-                .map(|s| {
-                    let fifo = s.queue_url.ends_with(".fifo");
-                    Outgoing {
-                        record,
-                        queue_url: s.queue_url.clone(),
-                        body: body.clone(),
-                        group_id: fifo.then(|| item.group_id.clone()),
-                        dedup_id: fifo.then(|| item.id.to_string()),
-                        attributes: vec![
-                            ("webhook-id", item.id.to_string()),
-                            ("webhook-timestamp", timestamp.to_string()),
-                            ("webhook-signature", signature.clone()),
-                            ("event-type", item.event_type.clone()),
-                        ],
-                    }
-                })
-                .collect())
+            partner_messages(record, item, &body, partner, &secrets, now)
         }
     }
+}
+
+/// The signed messages of one notification for each of the partner's matching subscriptions.
+/// Pure: the per-event CPU of the fan-out (build + sign) lives here.
+pub fn partner_messages(
+    record: usize,
+    item: &OutboxItem,
+    body: &str,
+    partner: &PartnerRecord,
+    secrets: &[notify::WebhookSecret],
+    now: chrono::DateTime<Utc>,
+) -> Result<Vec<Outgoing>, FanoutError> {
+    let event_type: NotificationType =
+        serde_json::from_value(serde_json::Value::String(item.event_type.clone()))
+            .map_err(|e| FanoutError::BadRecord(e.to_string()))?;
+    let timestamp = now.timestamp();
+    let signature = notify::sign(secrets, item.id.as_str(), timestamp, body);
+    Ok(partner
+        .subscriptions
+        .iter()
+        .filter(|s| s.event_types.iter().any(|f| event_type.matches_filter(f)))
+        .map(|s| {
+            let fifo = s.queue_url.ends_with(".fifo");
+            Outgoing {
+                record,
+                queue_url: s.queue_url.clone(),
+                body: body.to_owned(),
+                group_id: fifo.then(|| item.group_id.clone()),
+                dedup_id: fifo.then(|| item.id.to_string()),
+                attributes: vec![
+                    ("webhook-id", item.id.to_string()),
+                    ("webhook-timestamp", timestamp.to_string()),
+                    ("webhook-signature", signature.clone()),
+                    ("event-type", item.event_type.clone()),
+                ],
+            }
+        })
+        .collect())
 }
 
 /// Sends every message, batched per queue in order; returns the records whose messages could not
