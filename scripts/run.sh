@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The main job, locally: installs and starts the local AWS server, builds, and runs the whole
-# backend (HTTP API on 127.0.0.1:3000, Klarna simulator on 127.0.0.1:4010). Stops what it
-# started on exit.
-#   scripts/run.sh [--port 3000] [--sim-port 4010]
+# The main job, locally: installs and starts the local AWS server, builds, starts the whole
+# backend (HTTP API on 127.0.0.1:3000, Klarna simulator on 127.0.0.1:4010), plays the
+# walk-through of every flow and exits 0 only if every step passed. Stops what it started.
+#   scripts/run.sh                  # walk-through, then exit
+#   scripts/run.sh --keep-running   # walk-through, then leave the stack up for curl
+#   scripts/run.sh --serve          # no walk-through; stack up for curl
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
 need_cargo
@@ -25,4 +27,7 @@ say "building (the first build takes a few minutes; cargo shows its progress)"
 cargo build --bin local-stack
 "$CARGO_TARGET_DIR/debug/local-stack" "$@" &
 child=$!
-wait "$child"
+status=0
+wait "$child" || status=$?
+child=""
+exit "$status"

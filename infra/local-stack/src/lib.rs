@@ -7,8 +7,10 @@ pub mod functions;
 pub mod http_api;
 pub mod pumps;
 pub mod resources;
+pub mod runner;
 pub mod stack;
 pub mod template;
+pub mod walkthrough;
 
 pub use events::{HttpRequest, HttpResponse};
 pub use stack::{local_sdk_config, LocalStack, StackOptions};
