@@ -57,6 +57,12 @@ impl AuthorizeError {
                 "storage is unavailable; retry with the same Idempotency-Key",
             )
             .retry_after(1),
+            AuthorizeError::Store(StoreError::Conflict { .. }) => ApiError::new(
+                409,
+                "concurrent_update",
+                "the payment or token changed concurrently; retry with the same Idempotency-Key",
+            )
+            .retry_after(1),
             AuthorizeError::Store(_) => ApiError::new(500, "internal_error", "internal error"),
             AuthorizeError::Klarna(e) if e.is_retryable() => ApiError::new(
                 503,
@@ -491,140 +497,160 @@ async fn authorize(
         .klarna
         .authorize(&partner.klarna_account_id, &plan.klarna_request, &headers)
         .await;
-    let mut next = payment.clone();
-    next.version += 1;
-    next.updated_at = now;
-    let mut tx = deps.store.tx();
-    let mut issued: Option<IssuedToken> = None;
-    let mut refusal: Option<ApiError> = None;
-    match klarna_result {
-        Ok(resp) => match AuthorizeOutcome::from_response(&resp) {
-            Ok(AuthorizeOutcome::Approved {
-                transaction_id,
-                customer_token,
-            }) => {
-                next.state = PaymentState::Authorized;
-                next.klarna_transaction_id = transaction_id;
-                if let (PaymentKind::TokenCreation, Some(ct)) = (plan.kind, customer_token) {
-                    let i = payments::issue_token(
-                        deps.store.sealer(),
-                        &next,
-                        ct,
-                        plan.requested_scopes.clone(),
-                        None,
-                        now,
-                    )?;
-                    tx.put_new(&i.record)?;
-                    issued = Some(i);
-                } else if plan.kind == PaymentKind::TokenCreation {
-                    next.reason = Some("KLARNA_ISSUED_NO_CUSTOMER_TOKEN".into());
+    // Retryable failures leave the payment PENDING: the partner's retry sends the same key.
+    let klarna_result = match klarna_result {
+        Err(e) if e.is_retryable() => return Err(e.into()),
+        other => other,
+    };
+    let mut token_now = plan.token.as_ref().map(|(t, _)| t.clone());
+    for attempt in 0..3 {
+        let mut next = payment.clone();
+        next.version += 1;
+        next.updated_at = now;
+        let mut tx = deps.store.tx();
+        let mut issued: Option<IssuedToken> = None;
+        let mut refusal: Option<ApiError> = None;
+        match &klarna_result {
+            Ok(resp) => match AuthorizeOutcome::from_response(resp) {
+                Ok(AuthorizeOutcome::Approved {
+                    transaction_id,
+                    customer_token,
+                }) => {
+                    next.state = PaymentState::Authorized;
+                    next.klarna_transaction_id = transaction_id;
+                    if let (PaymentKind::TokenCreation, Some(ct)) = (plan.kind, customer_token) {
+                        let i = payments::issue_token(
+                            deps.store.sealer(),
+                            &next,
+                            ct,
+                            plan.requested_scopes.clone(),
+                            None,
+                            now,
+                        )?;
+                        tx.put_new(&i.record)?;
+                        issued = Some(i);
+                    } else if plan.kind == PaymentKind::TokenCreation {
+                        next.reason = Some("KLARNA_ISSUED_NO_CUSTOMER_TOKEN".into());
+                    }
                 }
-            }
-            Ok(AuthorizeOutcome::Declined { reason }) => {
+                Ok(AuthorizeOutcome::Declined { reason }) => {
+                    next.state = PaymentState::Declined;
+                    next.reason = Some(reason.unwrap_or_else(|| "DECLINED".into()));
+                }
+                Ok(AuthorizeOutcome::StepUp { .. }) if !plan.kind.may_step_up() => {
+                    // Nobody is present to complete a journey: a step-up here is a decline.
+                    next.state = PaymentState::Declined;
+                    next.reason = Some("STEP_UP_REQUIRED_CUSTOMER_NOT_PRESENT".into());
+                    tracing::warn!(
+                        "Klarna asked a customer-not-present charge to step up; declined"
+                    );
+                }
+                Ok(AuthorizeOutcome::StepUp {
+                    payment_request_id,
+                    payment_request_url,
+                    expires_at,
+                }) => {
+                    next.state = PaymentState::StepUpPending;
+                    next.payment_request_state = Some("SUBMITTED".into());
+                    tx.put_new(&PaymentRequestLink {
+                        pk: payment_request_pk(&payment_request_id),
+                        sk: "LINK".into(),
+                        partner_id: partner.partner_id.clone(),
+                        payment_id: payment_id.clone(),
+                    })?;
+                    next.payment_request_id = Some(payment_request_id);
+                    next.payment_request_url = payment_request_url;
+                    next.step_up_expires_at = expires_at;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "Klarna's authorize answer is not usable");
+                    next.state = PaymentState::Failed;
+                    next.reason = Some("KLARNA_ANSWER_UNUSABLE".into());
+                }
+            },
+            Err(e) if e.means_token_revoked() && plan.token.is_some() => {
+                // Revoked on Klarna's side (customer or Klarna): follow it, and tell the partner once.
+                // A concurrent revoke may have marked it already: then it also notified.
+                if let Some(record) = token_now.as_ref().filter(|t| t.state == TokenState::Active) {
+                    let mut revoked = record.clone();
+                    revoked.state = TokenState::Revoked;
+                    revoked.version += 1;
+                    revoked.revoked_at = Some(now);
+                    revoked.revoked_reason = Some("REVOKED_AT_KLARNA".into());
+                    tx.put_if_version(&revoked, record.version)?;
+                    tx.notify(&payments::token_revoked_notification(
+                        &revoked,
+                        "REVOKED_AT_KLARNA",
+                        now,
+                    ))?;
+                }
                 next.state = PaymentState::Declined;
-                next.reason = Some(reason.unwrap_or_else(|| "DECLINED".into()));
-            }
-            Ok(AuthorizeOutcome::StepUp { .. }) if !plan.kind.may_step_up() => {
-                // Nobody is present to complete a journey: a step-up here is a decline.
-                next.state = PaymentState::Declined;
-                next.reason = Some("STEP_UP_REQUIRED_CUSTOMER_NOT_PRESENT".into());
-                tracing::warn!("Klarna asked a customer-not-present charge to step up; declined");
-            }
-            Ok(AuthorizeOutcome::StepUp {
-                payment_request_id,
-                payment_request_url,
-                expires_at,
-            }) => {
-                next.state = PaymentState::StepUpPending;
-                next.payment_request_state = Some("SUBMITTED".into());
-                tx.put_new(&PaymentRequestLink {
-                    pk: payment_request_pk(&payment_request_id),
-                    sk: "LINK".into(),
-                    partner_id: partner.partner_id.clone(),
-                    payment_id: payment_id.clone(),
-                })?;
-                next.payment_request_id = Some(payment_request_id);
-                next.payment_request_url = payment_request_url;
-                next.step_up_expires_at = expires_at;
+                next.reason = Some("CUSTOMER_TOKEN_REVOKED".into());
             }
             Err(e) => {
-                tracing::error!(error = %e, "Klarna's authorize answer is not usable");
+                let (code, param) = match &e {
+                    KlarnaError::Api { body, .. } => (
+                        body.error_code
+                            .clone()
+                            .unwrap_or_else(|| "KLARNA_ERROR".into()),
+                        body.errors.first().and_then(|f| f.parameter.clone()),
+                    ),
+                    _ => ("KLARNA_ERROR".into(), None),
+                };
                 next.state = PaymentState::Failed;
-                next.reason = Some("KLARNA_ANSWER_UNUSABLE".into());
+                next.reason = Some(format!("KLARNA_REJECTED:{code}"));
+                let mut api = ApiError::new(
+                    422,
+                    "klarna_rejected",
+                    format!("Klarna refused the request ({code})"),
+                );
+                api.field = param;
+                refusal = Some(api);
             }
-        },
-        Err(e) if e.is_retryable() => return Err(e.into()),
-        Err(e) if e.means_token_revoked() && plan.token.is_some() => {
-            // Revoked on Klarna's side (customer or Klarna): follow it, and tell the partner once.
-            let (record, _) = plan.token.as_ref().expect("checked");
-            let mut revoked = record.clone();
-            revoked.state = TokenState::Revoked;
-            revoked.version += 1;
-            revoked.revoked_at = Some(now);
-            revoked.revoked_reason = Some("REVOKED_AT_KLARNA".into());
-            tx.put_if_version(&revoked, record.version)?;
-            tx.notify(&payments::token_revoked_notification(
-                &revoked,
-                "REVOKED_AT_KLARNA",
-                now,
-            ))?;
-            next.state = PaymentState::Declined;
-            next.reason = Some("CUSTOMER_TOKEN_REVOKED".into());
         }
-        Err(e) => {
-            let (code, param) = match &e {
-                KlarnaError::Api { body, .. } => (
-                    body.error_code
-                        .clone()
-                        .unwrap_or_else(|| "KLARNA_ERROR".into()),
-                    body.errors.first().and_then(|f| f.parameter.clone()),
-                ),
-                _ => ("KLARNA_ERROR".into(), None),
-            };
-            next.state = PaymentState::Failed;
-            next.reason = Some(format!("KLARNA_REJECTED:{code}"));
-            let mut api = ApiError::new(
-                422,
-                "klarna_rejected",
-                format!("Klarna refused the request ({code})"),
-            );
-            api.field = param;
-            refusal = Some(api);
+        debug_assert!(payment.state.can_transition_to(next.state));
+        tx.put_if_version(&next, payment.version)?;
+        if let Some(n) = payments::payment_notification(&next, issued.as_ref(), now) {
+            tx.notify(&n)?;
+        }
+        let (status, body) = match &refusal {
+            Some(api) => (
+                api.status,
+                serde_json::json!({ "error": api, "payment": PaymentView::of(&next, None) })
+                    .to_string(),
+            ),
+            None => {
+                let view = PaymentView::of(&next, issued.as_ref());
+                (
+                    view.http_status(),
+                    serde_json::to_string(&view).map_err(|e| StoreError::Data(e.to_string()))?,
+                )
+            }
+        };
+        tx.put(&idempotency::completed(&deps.store, claim, status, &body)?)?;
+        match tx.commit().await {
+            Ok(()) => {
+                tracing::info!(from = %payment.state, to = %next.state, kind = ?plan.kind, "payment moved");
+                return Ok(raw_json(status, body));
+            }
+            Err(e) if e.is_conflict() => {
+                let current: PaymentRecord = deps.store.get(&pk, &sk).await?.ok_or(e)?;
+                if current.state != PaymentState::Pending {
+                    // Someone else (a retry that took over an expired lease) recorded the outcome.
+                    tracing::info!(state = %current.state, "lost the race; answering from the stored outcome");
+                    return Ok(answer(deps, claim, &current, None).await?);
+                }
+                // The payment is untouched: another item moved (a concurrent revoke of the token).
+                // Decide again from fresh reads.
+                tracing::info!(attempt, "outcome write raced another writer; retrying");
+                if let Some((t, _)) = &plan.token {
+                    token_now = deps.store.get(&t.pk, &t.sk).await?;
+                }
+            }
+            Err(e) => return Err(e.into()),
         }
     }
-    debug_assert!(payment.state.can_transition_to(next.state));
-    tx.put_if_version(&next, payment.version)?;
-    if let Some(n) = payments::payment_notification(&next, issued.as_ref(), now) {
-        tx.notify(&n)?;
-    }
-    let (status, body) = match &refusal {
-        Some(api) => (
-            api.status,
-            serde_json::json!({ "error": api, "payment": PaymentView::of(&next, None) })
-                .to_string(),
-        ),
-        None => {
-            let view = PaymentView::of(&next, issued.as_ref());
-            (
-                view.http_status(),
-                serde_json::to_string(&view).map_err(|e| StoreError::Data(e.to_string()))?,
-            )
-        }
-    };
-    tx.put(&idempotency::completed(&deps.store, claim, status, &body)?)?;
-    match tx.commit().await {
-        Ok(()) => {
-            tracing::info!(from = %payment.state, to = %next.state, kind = ?plan.kind, "payment moved");
-            Ok(raw_json(status, body))
-        }
-        Err(e) if e.is_conflict() => {
-            // Someone else (a retry that took over an expired lease) recorded the outcome first.
-            let current: PaymentRecord = deps.store.get(&pk, &sk).await?.ok_or(e)?;
-            tracing::info!(state = %current.state, "lost the race; answering from the stored outcome");
-            Ok(answer(deps, claim, &current, None).await?)
-        }
-        Err(e) => Err(e.into()),
-    }
+    Err(StoreError::Conflict { failed: Vec::new() }.into())
 }
 
 /// Answers from a stored payment and completes the idempotency claim with that answer.
