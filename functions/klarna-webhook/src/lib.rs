@@ -27,8 +27,9 @@ pub const FUTURE_SKEW: Duration = Duration::minutes(5);
 /// Event records outlive the replay window by this much, so a replay inside the window is
 /// always recognised.
 pub const DEDUPE_MARGIN: Duration = Duration::days(4);
-/// Attempts when a concurrent writer moves the payment between our read and our write.
-const MAX_RACE_RETRIES: usize = 5;
+/// Attempts when a concurrent writer moves the payment between our read and our write; beyond
+/// them the answer is 503 and Klarna's retry finishes the work.
+const MAX_RACE_RETRIES: u32 = 8;
 
 /// Where the live signing keys come from.
 #[derive(Clone)]
@@ -264,7 +265,12 @@ async fn process(
     span.record("payment_id", link.payment_id.as_str());
     let pk = partner_pk(&link.partner_id);
     let sk = payment_sk(&link.payment_id);
-    for _ in 0..MAX_RACE_RETRIES {
+    for attempt in 0..MAX_RACE_RETRIES {
+        if attempt > 0 {
+            // Jittered backoff, so racing deliveries of one payment spread out.
+            let jitter = shared::crypto::random_bytes(1).map(|b| u64::from(b[0])).unwrap_or(128);
+            tokio::time::sleep(std::time::Duration::from_millis(2 + jitter % (5 << attempt.min(4)))).await;
+        }
         let payment: PaymentRecord = deps
             .store
             .get(&pk, &sk)
