@@ -91,6 +91,42 @@ pub async fn claim(
     }
 }
 
+/// The stored answer of a completed request with this key and body, if there is one (a read, no
+/// claim): lets a replay answer before checks whose outcome may have changed since.
+pub async fn completed_replay(
+    store: &Store,
+    partner: &PartnerId,
+    route: &str,
+    key: &str,
+    canonical: &serde_json::Value,
+) -> Result<Option<aws_lambda_events::apigw::ApiGatewayV2httpResponse>, StoreError> {
+    let sk = idempotency_sk(route, key);
+    let Some(r) = store
+        .get::<IdempotencyRecord>(&partner_pk(partner), &sk)
+        .await?
+    else {
+        return Ok(None);
+    };
+    match (r.status, r.response_status, r.response_body_sealed) {
+        (IdempotencyStatus::Completed, Some(status), Some(sealed))
+            if r.request_hash == request_hash(route, canonical) =>
+        {
+            let body = store
+                .sealer()
+                .open_str(&sealed, &sk)
+                .map_err(|e| StoreError::Data(e.to_string()))?;
+            let mut resp = shared::http::empty_response(status);
+            resp.headers.insert(
+                "content-type",
+                aws_lambda_events::http::HeaderValue::from_static("application/json"),
+            );
+            resp.body = Some(aws_lambda_events::encodings::Body::Text(body));
+            Ok(Some(resp))
+        }
+        _ => Ok(None),
+    }
+}
+
 /// The claim, completed with the answer (written in the same transaction as the outcome).
 pub fn completed(
     store: &Store,

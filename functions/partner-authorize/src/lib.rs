@@ -156,6 +156,7 @@ async fn get_payment(
     {
         return Err(ApiError::not_found("payment").into());
     }
+    load_partner(deps, partner_id).await?;
     let p: Option<PaymentRecord> = deps
         .store
         .get(&partner_pk(partner_id), &payment_sk(&PaymentId::new(id)))
@@ -206,9 +207,7 @@ pub fn plan_payment(body: &[u8]) -> Result<Plan, ApiError> {
         .transpose()?;
     if amount.is_none() && scopes.is_none() {
         return Err(
-            ApiError::bad_request("amount is required unless a token is requested")
-                .field("amount")
-                .into(),
+            ApiError::bad_request("amount is required unless a token is requested").field("amount"),
         );
     }
     let return_url = request::return_url(&b.return_url, "return_url", b.app_return_url.is_none())?;
@@ -291,6 +290,16 @@ async fn charge_token(
     let option_id = request::short_text(&b.payment_option_id, "payment_option_id", 255)?;
 
     let backend_token = BackendToken::new(token);
+    let mut canonical: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    // The token is part of the request: the same key on another token is another request.
+    canonical["__token"] = serde_json::Value::String(payments::token_hash(&backend_token));
+    // A replay of a completed charge answers as the first time did, even if the token has been
+    // revoked since.
+    if let Some(replay) =
+        idempotency::completed_replay(&deps.store, partner_id, "charges", &key, &canonical).await?
+    {
+        return Ok(replay);
+    }
     let record: Option<TokenRecord> = deps
         .store
         .get(
@@ -359,9 +368,6 @@ async fn charge_token(
         token: Some((record, klarna_token)),
         requested_scopes: Vec::new(),
     };
-    let mut canonical: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-    // The token is part of the request: the same key on another token is another request.
-    canonical["__token"] = serde_json::Value::String(payments::token_hash(&backend_token));
     run(deps, partner_id, "charges", &key, &canonical, plan).await
 }
 
@@ -663,10 +669,31 @@ async fn answer(
     let view = PaymentView::of(p, issued);
     let status = view.http_status();
     let body = serde_json::to_string(&view).map_err(|e| StoreError::Data(e.to_string()))?;
-    deps.store
-        .put(&idempotency::completed(&deps.store, claim, status, &body)?)
-        .await?;
-    Ok(raw_json(status, body))
+    // Only while the claim is still ours: if the writer that won the race already stored its
+    // answer (which may carry a newly issued token), that answer stands and is replayed.
+    let done = idempotency::completed(&deps.store, claim, status, &body)?;
+    let ours = aws_sdk_dynamodb::types::AttributeValue::N(claim.lease_until_ms.to_string());
+    match deps
+        .store
+        .put_if_equals(&done, "lease_until_ms", ours, "status", "IN_PROGRESS")
+        .await
+    {
+        Ok(()) => Ok(raw_json(status, body)),
+        Err(e) if e.is_conflict() => {
+            let stored: IdempotencyRecord = deps.store.get(&claim.pk, &claim.sk).await?.ok_or(e)?;
+            match (stored.response_status, stored.response_body_sealed) {
+                (Some(status), Some(sealed)) => Ok(raw_json(
+                    status,
+                    deps.store
+                        .sealer()
+                        .open_str(&sealed, &claim.sk)
+                        .map_err(|e| StoreError::Data(e.to_string()))?,
+                )),
+                _ => Ok(raw_json(status, body)),
+            }
+        }
+        Err(e) => Err(e),
+    }
 }
 
 fn raw_json(status: u16, body: String) -> ApiGatewayV2httpResponse {

@@ -146,8 +146,9 @@ async fn route(
     tracing::Span::current().record("token_id", record.token_id.as_str());
     let partner: PartnerRecord = deps
         .store
-        .get(&partner_pk(&partner_id), PROFILE_SK)
+        .get::<PartnerRecord>(&partner_pk(&partner_id), PROFILE_SK)
         .await?
+        .filter(|p| p.status == PartnerStatus::Active)
         .ok_or_else(|| ApiError::new(403, "partner_disabled", "partner is not active"))?;
     if method == "GET" {
         introspect(deps, &partner, record).await

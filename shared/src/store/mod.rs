@@ -164,6 +164,39 @@ impl Store {
         Ok(())
     }
 
+    /// Replaces an item only if `attr = value` and `attr2 = value2` (a string) still hold.
+    pub async fn put_if_equals<T: Serialize>(
+        &self,
+        value: &T,
+        attr: &str,
+        expected: AttributeValue,
+        attr2: &str,
+        expected2: &str,
+    ) -> Result<(), StoreError> {
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(to_item(value)?))
+            .condition_expression("#a = :a AND #b = :b")
+            .expression_attribute_names("#a", attr)
+            .expression_attribute_values(":a", expected)
+            .expression_attribute_names("#b", attr2)
+            .expression_attribute_values(":b", AttributeValue::S(expected2.to_owned()))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
+            {
+                Err(StoreError::Conflict { failed: vec![0] })
+            }
+            Err(e) => Err(sdk_error(&e)),
+        }
+    }
+
     /// Deletes an item only if `attr = value` still holds (releasing an idempotency claim we own).
     pub async fn delete_if(
         &self,
