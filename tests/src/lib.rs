@@ -234,10 +234,11 @@ impl World {
         if let Some(k) = idempotency_key {
             headers.push(("idempotency-key".into(), k.to_owned()));
         }
+        let (path, query) = path.split_once('?').unwrap_or((path, ""));
         let req = HttpRequest {
             method: method.to_owned(),
             path: path.to_owned(),
-            query: String::new(),
+            query: query.to_owned(),
             headers,
             body: body.map(|b| b.to_string().into_bytes()).unwrap_or_default(),
         };

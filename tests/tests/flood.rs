@@ -20,7 +20,11 @@ const CONCURRENCY: usize = 8;
 const REDELIVERIES: usize = 6;
 
 fn distinct() -> usize {
-    std::env::var("FLOOD_DISTINCT").ok().and_then(|v| v.parse().ok()).unwrap_or(200).max(PAYMENTS)
+    std::env::var("FLOOD_DISTINCT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200)
+        .max(PAYMENTS)
 }
 
 #[tokio::test]
@@ -29,11 +33,25 @@ async fn distinct_events_apply_once_and_duplicates_change_nothing() {
     let p = w.partner("shop", &["*"]).await;
     let mut prs = Vec::new();
     for i in 0..PAYMENTS {
-        let r = w.call("POST", "/v1/payments", Some(&p.api_key), Some(&format!("f{i}")), Some(&token_request_body("c@example.com"))).await;
+        let r = w
+            .call(
+                "POST",
+                "/v1/payments",
+                Some(&p.api_key),
+                Some(&format!("f{i}")),
+                Some(&token_request_body("c@example.com")),
+            )
+            .await;
         assert_eq!(r.status, 202);
-        let pr = r.json()["step_up"]["payment_request_id"].as_str().unwrap().to_owned();
+        let pr = r.json()["step_up"]["payment_request_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
         let done = w.sim.complete(&pr, None).unwrap();
-        prs.push((pr, done["state_context"]["klarna_network_session_token"].clone()));
+        prs.push((
+            pr,
+            done["state_context"]["klarna_network_session_token"].clone(),
+        ));
     }
     w.settle_webhooks(PAYMENTS * 3).await;
     // One `completed` per payment, the rest `in-progress` (late, changing nothing), all distinct.
@@ -41,10 +59,25 @@ async fn distinct_events_apply_once_and_duplicates_change_nothing() {
     let total = distinct();
     for i in 0..total {
         let (pr, session) = &prs[i % PAYMENTS];
-        let (state, prev) = if i < PAYMENTS { ("COMPLETED", "IN_PROGRESS") } else { ("IN_PROGRESS", "SUBMITTED") };
-        events.push((format!("flood-{i}"), klarna_event(&format!("flood-{i}"), state, prev, pr, Utc::now(), serde_json::json!({"klarna_network_session_token": session}))));
+        let (state, prev) = if i < PAYMENTS {
+            ("COMPLETED", "IN_PROGRESS")
+        } else {
+            ("IN_PROGRESS", "SUBMITTED")
+        };
+        events.push((
+            format!("flood-{i}"),
+            klarna_event(
+                &format!("flood-{i}"),
+                state,
+                prev,
+                pr,
+                Utc::now(),
+                serde_json::json!({"klarna_network_session_token": session}),
+            ),
+        ));
     }
-    let mut deliveries: Vec<(String, String)> = events.iter().chain(events.iter()).cloned().collect();
+    let mut deliveries: Vec<(String, String)> =
+        events.iter().chain(events.iter()).cloned().collect();
     // A deterministic shuffle (no RNG crate needed): interleave by a multiplicative stride.
     let n = deliveries.len();
     deliveries = (0..n).map(|i| deliveries[(i * 7919) % n].clone()).collect();
@@ -91,15 +124,27 @@ async fn distinct_events_apply_once_and_duplicates_change_nothing() {
         elapsed.as_secs_f64(),
         statuses.len() as f64 / elapsed.as_secs_f64()
     );
-    assert!(statuses.iter().all(|s| *s == 200), "non-200 answers: {:?}", statuses.iter().filter(|s| **s != 200).collect::<Vec<_>>());
+    assert!(
+        statuses.iter().all(|s| *s == 200),
+        "non-200 answers: {:?}",
+        statuses.iter().filter(|s| **s != 200).collect::<Vec<_>>()
+    );
     for (id, _) in &events {
-        let rec: Option<KlarnaEventRecord> = w.stack.store.get(&klarna_event_pk(&KlarnaEventId::new(id)), "EVENT").await.unwrap();
+        let rec: Option<KlarnaEventRecord> = w
+            .stack
+            .store
+            .get(&klarna_event_pk(&KlarnaEventId::new(id)), "EVENT")
+            .await
+            .unwrap();
         assert!(rec.is_some(), "event {id} was not recorded");
     }
     w.settle().await;
     w.settle_webhooks(0).await;
     let got = w.drain(&p).await;
-    let authorized = got.iter().filter(|g| g.notification.event_type.as_str() == "payment.authorized").count();
+    let authorized = got
+        .iter()
+        .filter(|g| g.notification.event_type.as_str() == "payment.authorized")
+        .count();
     assert_eq!(authorized, PAYMENTS);
     assert_eq!(w.sim.count(Route::FinalAuthorize), PAYMENTS);
 }

@@ -3,6 +3,7 @@
 //! step-up (202) or declined (402).
 #![forbid(unsafe_code)]
 
+pub mod checkout;
 pub mod idempotency;
 pub mod request;
 
@@ -27,6 +28,14 @@ pub const BODY_LIMIT: usize = 64 * 1024;
 pub struct Deps {
     pub store: Store,
     pub klarna: KlarnaClient,
+    /// Guest payment presentations, per container (see [`checkout::PRESENTATION_TTL`]).
+    pub presentation_cache: checkout::PresentationCache,
+}
+
+impl Deps {
+    pub fn new(store: Store, klarna: KlarnaClient) -> Self {
+        Self { store, klarna, presentation_cache: checkout::PresentationCache::default() }
+    }
 }
 
 /// Everything that can end a partner request, mapped once to an HTTP answer.
@@ -128,6 +137,18 @@ async fn route(
             tracing::Span::current().record("route", "get_payment");
             get_payment(deps, &partner_id, id).await
         }
+        ("GET", ["v1", "payment-methods"]) => {
+            tracing::Span::current().record("route", "payment_methods");
+            checkout::payment_methods(deps, &partner_id, req).await
+        }
+        ("DELETE", ["v1", "payments", id, "step-up"]) => {
+            tracing::Span::current().record("route", "cancel_step_up");
+            checkout::cancel_step_up(deps, &partner_id, id).await
+        }
+        ("PATCH", ["v1", "payments", id]) => {
+            tracing::Span::current().record("route", "update_payment");
+            checkout::update_payment(deps, &partner_id, id, req).await
+        }
         ("POST", ["v1", "tokens", token, "charges"]) => {
             tracing::Span::current().record("route", "charge_token");
             charge_token(deps, &partner_id, token, req).await
@@ -136,7 +157,7 @@ async fn route(
     }
 }
 
-async fn load_partner(
+pub(crate) async fn load_partner(
     deps: &Deps,
     partner_id: &PartnerId,
 ) -> Result<PartnerRecord, AuthorizeError> {

@@ -253,7 +253,7 @@ fn dispatch(w: &mut World, m: &Matched, ctx: &Ctx<'_>) -> ApiResponse {
             _ => method_not_allowed(&method),
         },
         Matched::Presentation => match method {
-            M::GET => api::authorize::presentation(ctx),
+            M::GET => api::authorize::presentation(w, ctx),
             _ => method_not_allowed(&method),
         },
         Matched::SigningKeys => match method {

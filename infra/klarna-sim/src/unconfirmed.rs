@@ -280,14 +280,25 @@ pub const UNAVAILABLE: ErrorSpec = ErrorSpec {
 
 /// Unconfirmed: the Presentation API response shape. Chosen: a minimal list of payment options
 /// whose `payment_option_id` can be passed to authorize (where it is optional, open-points §2).
-pub fn presentation_options(currency: &str, amount: Option<i64>) -> Value {
+/// Personalised (a customer token was sent): a recognised-customer instruction and the saved
+/// method first.
+pub fn presentation_options(currency: &str, amount: Option<i64>, personalised: bool) -> Value {
+    let mut options = vec![
+        serde_json::json!({"payment_option_id": "krn:payment:eu1:payment-option:pay-now", "name": "Pay now"}),
+        serde_json::json!({"payment_option_id": "krn:payment:eu1:payment-option:pay-later", "name": "Pay later"}),
+        serde_json::json!({"payment_option_id": "krn:payment:eu1:payment-option:slice-it", "name": "Financing"}),
+    ];
+    if personalised {
+        options.insert(
+            0,
+            serde_json::json!({"payment_option_id": "krn:payment:eu1:payment-option:saved", "name": "Your saved Klarna method"}),
+        );
+    }
     serde_json::json!({
         "currency": currency,
         "amount": amount,
-        "payment_options": [
-            {"payment_option_id": "krn:payment:eu1:payment-option:pay-now", "name": "Pay now"},
-            {"payment_option_id": "krn:payment:eu1:payment-option:pay-later", "name": "Pay later"},
-            {"payment_option_id": "krn:payment:eu1:payment-option:slice-it", "name": "Financing"}
-        ]
+        "personalized": personalised,
+        "instruction": if personalised { "SHOW_SAVED_PAYMENT_METHOD" } else { "SHOW_KLARNA" },
+        "payment_options": options
     })
 }

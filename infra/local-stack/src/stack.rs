@@ -120,10 +120,7 @@ impl LocalStack {
         http.insert(
             "PartnerAuthorizeFunction",
             functions::http(
-                Arc::new(partner_authorize::Deps {
-                    store: store.clone(),
-                    klarna: klarna.clone(),
-                }),
+                Arc::new(partner_authorize::Deps::new(store.clone(), klarna.clone())),
                 |d, r| async move { partner_authorize::handle(&d, r).await },
             ),
         );

@@ -219,6 +219,39 @@ impl KlarnaClient {
             .await
     }
 
+    /// Updates a payment request still in SUBMITTED (only the fields sent change).
+    pub async fn update_payment_request(
+        &self,
+        account: &KlarnaAccountId,
+        id: &PaymentRequestId,
+        body: &serde_json::Value,
+    ) -> Result<serde_json::Value, KlarnaError> {
+        let path = format!("/v2/accounts/{account}/payment/requests/{id}");
+        self.send_json(Method::PUT, &path, Some(body), &[]).await
+    }
+
+    /// Payment Presentation API: what to show in the partner's payment selector, personalised
+    /// when the customer's Klarna token is given.
+    pub async fn presentation(
+        &self,
+        account: &KlarnaAccountId,
+        currency: &str,
+        amount: i64,
+        locale: Option<&str>,
+        customer_token: Option<&CustomerToken>,
+    ) -> Result<serde_json::Value, KlarnaError> {
+        let mut path = format!(
+            "/v2/accounts/{account}/payment/presentation?currency={currency}&amount={amount}&intents[]=PAY"
+        );
+        if let Some(l) = locale {
+            path.push_str(&format!("&locale={l}"));
+        }
+        let headers: Vec<(&str, String)> = customer_token
+            .map(|t| vec![("Klarna-Customer-Token", t.expose().to_owned())])
+            .unwrap_or_default();
+        self.send_json::<(), _>(Method::GET, &path, None, &headers).await
+    }
+
     /// Identity API: introspect a customer token.
     pub async fn introspect_token(
         &self,

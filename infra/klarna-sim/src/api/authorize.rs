@@ -569,8 +569,27 @@ fn final_mismatch(pr: &PaymentRequest, input: &Input) -> Option<ParamError> {
     }
 }
 
-/// `GET /v2/accounts/{id}/payment/presentation?currency=&amount=`.
-pub(crate) fn presentation(ctx: &Ctx<'_>) -> ApiResponse {
+/// `GET /v2/accounts/{id}/payment/presentation?currency=&amount=`, personalised when a valid
+/// `Klarna-Customer-Token` is sent (an unknown or revoked one is refused as at authorize).
+pub(crate) fn presentation(w: &World, ctx: &Ctx<'_>) -> ApiResponse {
+    let personalised = match ctx.headers.customer_token.as_deref() {
+        None => false,
+        Some(t) => match w.customer_tokens.get(t) {
+            None => {
+                return ApiResponse::error(
+                    unconfirmed::CHARGE_TOKEN_NOT_FOUND,
+                    "The customer token does not exist",
+                )
+            }
+            Some(tok) if tok.revoked_at.is_some() => {
+                return ApiResponse::error(
+                    unconfirmed::CHARGE_TOKEN_REVOKED,
+                    "The customer token has been revoked",
+                )
+            }
+            Some(_) => true,
+        },
+    };
     let mut currency_param = None;
     let mut amount_param = None;
     for pair in ctx.query.unwrap_or("").split('&') {
@@ -608,7 +627,7 @@ pub(crate) fn presentation(ctx: &Ctx<'_>) -> ApiResponse {
     };
     match cur {
         Some(c) if errs.is_empty() => {
-            ApiResponse::json(200, unconfirmed::presentation_options(&c, amt))
+            ApiResponse::json(200, unconfirmed::presentation_options(&c, amt, personalised))
         }
         _ => ApiResponse::validation(errs),
     }
