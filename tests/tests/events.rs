@@ -1,0 +1,130 @@
+//! The sample events in `events/` are real Lambda events: each deserializes into its
+//! `aws_lambda_events` type and its function answers it.
+
+use aws_lambda_events::apigw::{ApiGatewayV2CustomAuthorizerV2Request, ApiGatewayV2httpRequest};
+use aws_lambda_events::event::dynamodb::Event as DynamoDbEvent;
+use aws_lambda_events::event::sqs::SqsEvent;
+use integration_tests::*;
+use shared::ids::{KlarnaAccountId, PartnerId, SecretString};
+use shared::klarna::{KlarnaClient, KlarnaClientConfig, RetryPolicy};
+use shared::store::records::Subscription;
+use std::time::Duration;
+
+fn sample<T: serde::de::DeserializeOwned>(name: &str) -> T {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../events")
+        .join(name);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{name} is not a valid event: {e}"))
+}
+
+fn body(r: &aws_lambda_events::apigw::ApiGatewayV2httpResponse) -> serde_json::Value {
+    match &r.body {
+        Some(aws_lambda_events::encodings::Body::Text(t)) => serde_json::from_str(t).unwrap(),
+        _ => serde_json::Value::Null,
+    }
+}
+
+#[tokio::test]
+async fn every_sample_event_is_answered_by_its_function() {
+    let w = World::new("events").await;
+    let store = w.stack.store.clone();
+    let klarna = KlarnaClient::new(KlarnaClientConfig {
+        base_url: w.sim.base_url(),
+        api_key: SecretString::new("events"),
+        mtls_identity_pem: None,
+        connect_timeout: Duration::from_secs(2),
+        request_timeout: Duration::from_secs(5),
+        retry: RetryPolicy::default(),
+    })
+    .unwrap();
+    shared::partners::create(
+        &store,
+        PartnerId::new("demo-partner"),
+        "Demo",
+        KlarnaAccountId::new(w.sim.partner_account_id()),
+        vec![Subscription {
+            queue_url: "unused".into(),
+            event_types: vec!["*".into()],
+        }],
+    )
+    .await
+    .unwrap();
+
+    let auth = partner_authorizer::handle(
+        &partner_authorizer::Deps {
+            store: store.clone(),
+        },
+        sample::<ApiGatewayV2CustomAuthorizerV2Request>("authorizer-request.json"),
+    )
+    .await
+    .unwrap();
+    assert!(
+        !auth.is_authorized,
+        "the sample's placeholder key is refused"
+    );
+
+    let deps = partner_authorize::Deps::new(store.clone(), klarna.clone());
+    let r = partner_authorize::handle(
+        &deps,
+        sample::<ApiGatewayV2httpRequest>("apigw-create-payment.json"),
+    )
+    .await;
+    assert_eq!(r.status_code, 202, "{:?}", body(&r));
+    assert_eq!(body(&r)["state"], "STEP_UP_PENDING");
+
+    let tokens = token_lifecycle::Deps {
+        store: store.clone(),
+        klarna: klarna.clone(),
+    };
+    let r = token_lifecycle::handle(
+        &tokens,
+        sample::<ApiGatewayV2httpRequest>("apigw-introspect-token.json"),
+    )
+    .await;
+    assert!(
+        r.status_code == 400 || r.status_code == 404,
+        "{}",
+        r.status_code
+    );
+
+    let hook = klarna_webhook::Deps {
+        store: store.clone(),
+        keys: klarna_webhook::KeyProvider::fixed(Default::default()),
+        replay_window: chrono::Duration::hours(72),
+    };
+    let r = klarna_webhook::handle(
+        &hook,
+        sample::<ApiGatewayV2httpRequest>("apigw-klarna-webhook.json"),
+    )
+    .await;
+    assert_eq!(
+        (r.status_code, body(&r)["error"]["code"].clone()),
+        (400, serde_json::json!("invalid_signature"))
+    );
+
+    let step = step_up_completion::Deps {
+        store: store.clone(),
+        klarna,
+    };
+    let r = step_up_completion::handle(&step, sample::<SqsEvent>("sqs-finalize-job.json")).await;
+    assert!(
+        r.batch_item_failures.is_empty(),
+        "a job for an unknown payment is dropped, not retried"
+    );
+
+    let fanout = partner_fanout::Deps {
+        store,
+        sqs: w.sqs().clone(),
+        step_up_queue_url: "unused".into(),
+    };
+    let event = sample::<DynamoDbEvent>("dynamodb-outbox-insert.json");
+    let seq = event.records[0].change.sequence_number.clone();
+    let r = partner_fanout::handle(&fanout, event).await;
+    assert_eq!(
+        r.batch_item_failures.len(),
+        1,
+        "a payload sealed with another key cannot be relayed"
+    );
+    assert_eq!(r.batch_item_failures[0].item_identifier, seq);
+}
