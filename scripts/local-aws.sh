@@ -9,7 +9,13 @@ source "$(dirname "$0")/lib.sh"
 PID_FILE="$STATE_DIR/moto.pid"
 LOG_FILE="$STATE_DIR/moto.log"
 
-is_moto() { curl -fsS -m 2 "http://127.0.0.1:$MOTO_PORT/moto-api/data.json" >/dev/null 2>&1; }
+# A cheap DynamoDB call that only the local AWS server answers this way (no state dump).
+is_moto() {
+  curl -fsS -m 3 -X POST "http://127.0.0.1:$MOTO_PORT/" \
+    -H 'Content-Type: application/x-amz-json-1.0' -H 'X-Amz-Target: DynamoDB_20120810.ListTables' \
+    -H 'Authorization: AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/dynamodb/aws4_request, SignedHeaders=host, Signature=0' \
+    -d '{"Limit":1}' 2>/dev/null | grep -q TableNames
+}
 
 start() {
   if is_moto; then ok "local AWS server already running on 127.0.0.1:$MOTO_PORT"; return 0; fi
