@@ -634,11 +634,31 @@ async fn a_charge_replayed_after_the_token_was_revoked_answers_as_the_first_time
     let (token, _) = w.issue_token(&p).await;
     let path = format!("/v1/tokens/{token}/charges");
     let body = charge_body(700, false, "c@example.com");
-    let first = w.call("POST", &path, Some(&p.api_key), Some("sub-7"), Some(&body)).await;
+    let first = w
+        .call("POST", &path, Some(&p.api_key), Some("sub-7"), Some(&body))
+        .await;
     assert_eq!(first.status, 201);
-    assert_eq!(w.call("DELETE", &format!("/v1/tokens/{token}"), Some(&p.api_key), None, None).await.status, 200);
-    let replay = w.call("POST", &path, Some(&p.api_key), Some("sub-7"), Some(&body)).await;
+    assert_eq!(
+        w.call(
+            "DELETE",
+            &format!("/v1/tokens/{token}"),
+            Some(&p.api_key),
+            None,
+            None
+        )
+        .await
+        .status,
+        200
+    );
+    let replay = w
+        .call("POST", &path, Some(&p.api_key), Some("sub-7"), Some(&body))
+        .await;
     assert_eq!((replay.status, replay.body), (first.status, first.body));
     // A new key on the revoked token is refused.
-    assert_eq!(w.call("POST", &path, Some(&p.api_key), Some("sub-8"), Some(&body)).await.status, 410);
+    assert_eq!(
+        w.call("POST", &path, Some(&p.api_key), Some("sub-8"), Some(&body))
+            .await
+            .status,
+        410
+    );
 }

@@ -1267,22 +1267,132 @@ async fn checkout_answers_keep_the_contract() {
     let p = w.partner("shop", &["*"]).await;
     let api = caller(&w, &c, &p);
     let methods = "/v1/payment-methods";
-    assert_eq!(api.call("GET", methods, "/v1/payment-methods?amount=11800&currency=EUR&locale=en-US", None, None).await.0, 200);
-    assert_eq!(api.call("GET", methods, "/v1/payment-methods?amount=0&currency=EUR", None, None).await.0, 400);
+    assert_eq!(
+        api.call(
+            "GET",
+            methods,
+            "/v1/payment-methods?amount=11800&currency=EUR&locale=en-US",
+            None,
+            None
+        )
+        .await
+        .0,
+        200
+    );
+    assert_eq!(
+        api.call(
+            "GET",
+            methods,
+            "/v1/payment-methods?amount=0&currency=EUR",
+            None,
+            None
+        )
+        .await
+        .0,
+        400
+    );
     let (token, _) = w.issue_token(&p).await;
-    assert_eq!(api.call("GET", methods, &format!("/v1/payment-methods?amount=100&currency=EUR&token={token}"), None, None).await.0, 200);
+    assert_eq!(
+        api.call(
+            "GET",
+            methods,
+            &format!("/v1/payment-methods?amount=100&currency=EUR&token={token}"),
+            None,
+            None
+        )
+        .await
+        .0,
+        200
+    );
     let unknown = format!("apt_{}", "C".repeat(43));
-    assert_eq!(api.call("GET", methods, &format!("/v1/payment-methods?amount=100&currency=EUR&token={unknown}"), None, None).await.0, 404);
+    assert_eq!(
+        api.call(
+            "GET",
+            methods,
+            &format!("/v1/payment-methods?amount=100&currency=EUR&token={unknown}"),
+            None,
+            None
+        )
+        .await
+        .0,
+        404
+    );
 
     let (s, pending) = api.pay("co-1", &payment_body(5000, "c@example.com")).await;
     assert_eq!(s, 202);
     let id = pending["payment_id"].as_str().unwrap().to_owned();
     let one = "/v1/payments/{payment_id}";
     let step_up = "/v1/payments/{payment_id}/step-up";
-    assert_eq!(api.call("PATCH", one, &format!("/v1/payments/{id}"), None, Some(&serde_json::json!({"amount": 5100}))).await.0, 200);
-    assert_eq!(api.call("PATCH", one, &format!("/v1/payments/{id}"), None, Some(&serde_json::json!({"amount": "x"}))).await.0, 400);
-    assert_eq!(api.call("PATCH", one, "/v1/payments/pay_nobody", None, Some(&serde_json::json!({"amount": 1}))).await.0, 404);
-    assert_eq!(api.call("DELETE", step_up, &format!("/v1/payments/{id}/step-up"), None, None).await.0, 200);
-    assert_eq!(api.call("PATCH", one, &format!("/v1/payments/{id}"), None, Some(&serde_json::json!({"amount": 5200}))).await.0, 409);
-    assert_eq!(api.call("DELETE", step_up, "/v1/payments/pay_nobody/step-up", None, None).await.0, 404);
+    assert_eq!(
+        api.call(
+            "PATCH",
+            one,
+            &format!("/v1/payments/{id}"),
+            None,
+            Some(&serde_json::json!({"amount": 5100}))
+        )
+        .await
+        .0,
+        200
+    );
+    assert_eq!(
+        api.call(
+            "PATCH",
+            one,
+            &format!("/v1/payments/{id}"),
+            None,
+            Some(&serde_json::json!({"amount": "x"}))
+        )
+        .await
+        .0,
+        400
+    );
+    assert_eq!(
+        api.call(
+            "PATCH",
+            one,
+            "/v1/payments/pay_nobody",
+            None,
+            Some(&serde_json::json!({"amount": 1}))
+        )
+        .await
+        .0,
+        404
+    );
+    assert_eq!(
+        api.call(
+            "DELETE",
+            step_up,
+            &format!("/v1/payments/{id}/step-up"),
+            None,
+            None
+        )
+        .await
+        .0,
+        200
+    );
+    assert_eq!(
+        api.call(
+            "PATCH",
+            one,
+            &format!("/v1/payments/{id}"),
+            None,
+            Some(&serde_json::json!({"amount": 5200}))
+        )
+        .await
+        .0,
+        409
+    );
+    assert_eq!(
+        api.call(
+            "DELETE",
+            step_up,
+            "/v1/payments/pay_nobody/step-up",
+            None,
+            None
+        )
+        .await
+        .0,
+        404
+    );
 }

@@ -268,8 +268,13 @@ async fn process(
     for attempt in 0..MAX_RACE_RETRIES {
         if attempt > 0 {
             // Jittered backoff, so racing deliveries of one payment spread out.
-            let jitter = shared::crypto::random_bytes(1).map(|b| u64::from(b[0])).unwrap_or(128);
-            tokio::time::sleep(std::time::Duration::from_millis(2 + jitter % (5 << attempt.min(4)))).await;
+            let jitter = shared::crypto::random_bytes(1)
+                .map(|b| u64::from(b[0]))
+                .unwrap_or(128);
+            tokio::time::sleep(std::time::Duration::from_millis(
+                2 + jitter % (5 << attempt.min(4)),
+            ))
+            .await;
         }
         let payment: PaymentRecord = deps
             .store

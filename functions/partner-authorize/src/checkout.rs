@@ -25,19 +25,24 @@ pub const PRESENTATION_TTL: Duration = Duration::from_secs(60);
 pub const AMOUNT_BAND: i64 = 10_000;
 const CACHE_LIMIT: usize = 1_000;
 
+/// (partner, amount band, currency, locale)
+type CacheKey = (PartnerId, i64, String, String);
+
 /// A small per-container cache of guest presentations.
 #[derive(Default)]
 pub struct PresentationCache {
-    entries: Mutex<HashMap<(PartnerId, i64, String, String), (Instant, Value)>>,
+    entries: Mutex<HashMap<CacheKey, (Instant, Value)>>,
 }
 
 impl PresentationCache {
-    fn get(&self, key: &(PartnerId, i64, String, String)) -> Option<Value> {
+    fn get(&self, key: &CacheKey) -> Option<Value> {
         let g = self.entries.lock().ok()?;
-        g.get(key).filter(|(at, _)| at.elapsed() < PRESENTATION_TTL).map(|(_, v)| v.clone())
+        g.get(key)
+            .filter(|(at, _)| at.elapsed() < PRESENTATION_TTL)
+            .map(|(_, v)| v.clone())
     }
 
-    fn put(&self, key: (PartnerId, i64, String, String), v: Value) {
+    fn put(&self, key: CacheKey, v: Value) {
         if let Ok(mut g) = self.entries.lock() {
             if g.len() >= CACHE_LIMIT {
                 g.retain(|_, (at, _)| at.elapsed() < PRESENTATION_TTL);
@@ -68,14 +73,23 @@ fn locale(v: Option<&str>) -> Result<Option<String>, ApiError> {
 }
 
 /// `GET /v1/payment-methods?amount=&currency=&locale=&token=`.
-pub async fn payment_methods(deps: &Deps, partner_id: &PartnerId, req: &ApiGatewayV2httpRequest) -> Result<ApiGatewayV2httpResponse, AuthorizeError> {
+pub async fn payment_methods(
+    deps: &Deps,
+    partner_id: &PartnerId,
+    req: &ApiGatewayV2httpRequest,
+) -> Result<ApiGatewayV2httpResponse, AuthorizeError> {
     let q = |name: &str| req.query_string_parameters.first(name).map(str::to_owned);
-    let currency = request::currency(&Value::from(
-        q("currency").ok_or_else(|| ApiError::bad_request("currency is required").field("currency"))?,
-    ))?;
-    let amount_text = q("amount").ok_or_else(|| ApiError::bad_request("amount is required").field("amount"))?;
+    let currency =
+        request::currency(&Value::from(q("currency").ok_or_else(|| {
+            ApiError::bad_request("currency is required").field("currency")
+        })?))?;
+    let amount_text =
+        q("amount").ok_or_else(|| ApiError::bad_request("amount is required").field("amount"))?;
     let amount = request::amount(
-        &amount_text.parse::<i64>().map(Value::from).unwrap_or(Value::Null),
+        &amount_text
+            .parse::<i64>()
+            .map(Value::from)
+            .unwrap_or(Value::Null),
         "amount",
     )?;
     let locale = locale(q("locale").as_deref())?;
@@ -85,51 +99,91 @@ pub async fn payment_methods(deps: &Deps, partner_id: &PartnerId, req: &ApiGatew
         None => None,
         Some(t) => {
             if !payments::is_backend_token_shape(&t) {
-                return Err(ApiError::bad_request("malformed token").field("token").into());
+                return Err(ApiError::bad_request("malformed token")
+                    .field("token")
+                    .into());
             }
             let record: TokenRecord = deps
                 .store
-                .get(&partner_pk(partner_id), &token_sk(&payments::token_hash(&BackendToken::new(t))))
+                .get(
+                    &partner_pk(partner_id),
+                    &token_sk(&payments::token_hash(&BackendToken::new(t))),
+                )
                 .await?
                 .ok_or_else(|| ApiError::not_found("token").field("token"))?;
             if record.state == TokenState::Revoked {
-                return Err(ApiError::new(410, "token_revoked", "the token is revoked").field("token").into());
+                return Err(ApiError::new(410, "token_revoked", "the token is revoked")
+                    .field("token")
+                    .into());
             }
             Some(payments::klarna_token_of(deps.store.sealer(), &record)?)
         }
     };
-    let key = (partner_id.clone(), amount / AMOUNT_BAND, currency.clone(), locale.clone().unwrap_or_default());
+    let key = (
+        partner_id.clone(),
+        amount / AMOUNT_BAND,
+        currency.clone(),
+        locale.clone().unwrap_or_default(),
+    );
     if klarna_token.is_none() {
         if let Some(mut cached) = deps.presentation_cache.get(&key) {
             cached["amount"] = json!(amount);
-            return Ok(h::json_response(200, &json!({ "presentation": cached, "cached": true })));
+            return Ok(h::json_response(
+                200,
+                &json!({ "presentation": cached, "cached": true }),
+            ));
         }
     }
     let presentation = deps
         .klarna
-        .presentation(&partner.klarna_account_id, &currency, amount, locale.as_deref(), klarna_token.as_ref())
+        .presentation(
+            &partner.klarna_account_id,
+            &currency,
+            amount,
+            locale.as_deref(),
+            klarna_token.as_ref(),
+        )
         .await
         .map_err(|e| match e {
             e if e.is_retryable() => AuthorizeError::Klarna(e),
-            e if e.means_token_revoked() => ApiError::new(410, "token_revoked", "Klarna says the token is revoked").field("token").into(),
+            e if e.means_token_revoked() => {
+                ApiError::new(410, "token_revoked", "Klarna says the token is revoked")
+                    .field("token")
+                    .into()
+            }
             e => klarna_refusal(&e).into(),
         })?;
     if klarna_token.is_none() {
         deps.presentation_cache.put(key, presentation.clone());
     }
-    Ok(h::json_response(200, &json!({ "presentation": presentation, "cached": false })))
+    Ok(h::json_response(
+        200,
+        &json!({ "presentation": presentation, "cached": false }),
+    ))
 }
 
 fn klarna_refusal(e: &KlarnaError) -> ApiError {
-    let mut api = ApiError::new(422, "klarna_rejected", format!("Klarna refused the request ({})", e.error_code().unwrap_or("UNKNOWN")));
+    let mut api = ApiError::new(
+        422,
+        "klarna_rejected",
+        format!(
+            "Klarna refused the request ({})",
+            e.error_code().unwrap_or("UNKNOWN")
+        ),
+    );
     if let KlarnaError::Api { body, .. } = e {
         api.field = body.errors.first().and_then(|f| f.parameter.clone());
     }
     api
 }
 
-async fn load_payment(deps: &Deps, partner_id: &PartnerId, id: &str) -> Result<PaymentRecord, AuthorizeError> {
-    if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+async fn load_payment(
+    deps: &Deps,
+    partner_id: &PartnerId,
+    id: &str,
+) -> Result<PaymentRecord, AuthorizeError> {
+    if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    {
         return Err(ApiError::not_found("payment").into());
     }
     deps.store
@@ -140,26 +194,45 @@ async fn load_payment(deps: &Deps, partner_id: &PartnerId, id: &str) -> Result<P
 
 fn not_pending(p: &PaymentRecord, action: &str) -> AuthorizeError {
     let why = match p.state {
-        PaymentState::StepUpCompleted | PaymentState::Authorized => "the customer already completed the purchase",
+        PaymentState::StepUpCompleted | PaymentState::Authorized => {
+            "the customer already completed the purchase"
+        }
         PaymentState::Canceled => "the step-up was already cancelled",
         PaymentState::Pending => "the payment has no step-up yet",
         _ => "the payment is already final",
     };
-    ApiError::new(409, "payment_not_pending", format!("cannot {action}: {why} (state {})", p.state)).into()
+    ApiError::new(
+        409,
+        "payment_not_pending",
+        format!("cannot {action}: {why} (state {})", p.state),
+    )
+    .into()
 }
 
 /// `DELETE /v1/payments/{id}/step-up`: cancel at Klarna, then record it with its notification.
-pub async fn cancel_step_up(deps: &Deps, partner_id: &PartnerId, id: &str) -> Result<ApiGatewayV2httpResponse, AuthorizeError> {
+pub async fn cancel_step_up(
+    deps: &Deps,
+    partner_id: &PartnerId,
+    id: &str,
+) -> Result<ApiGatewayV2httpResponse, AuthorizeError> {
     let partner = load_partner(deps, partner_id).await?;
     let payment = load_payment(deps, partner_id, id).await?;
     if payment.state == PaymentState::Canceled {
         // Idempotent: the same answer, no second notification.
         return Ok(h::json_response(200, &PaymentView::of(&payment, None)));
     }
-    let Some(pr) = payment.payment_request_id.clone().filter(|_| payment.state == PaymentState::StepUpPending) else {
+    let Some(pr) = payment
+        .payment_request_id
+        .clone()
+        .filter(|_| payment.state == PaymentState::StepUpPending)
+    else {
         return Err(not_pending(&payment, "cancel"));
     };
-    if let Err(e) = deps.klarna.cancel_payment_request(&partner.klarna_account_id, &pr).await {
+    if let Err(e) = deps
+        .klarna
+        .cancel_payment_request(&partner.klarna_account_id, &pr)
+        .await
+    {
         if e.is_retryable() {
             return Err(e.into());
         }
@@ -213,25 +286,51 @@ struct UpdatePayment {
 
 /// `PATCH /v1/payments/{id}`: change the amount or purchase data while the customer has not
 /// opened the journey, at Klarna first, then here so the final authorize sends the same.
-pub async fn update_payment(deps: &Deps, partner_id: &PartnerId, id: &str, req: &ApiGatewayV2httpRequest) -> Result<ApiGatewayV2httpResponse, AuthorizeError> {
+pub async fn update_payment(
+    deps: &Deps,
+    partner_id: &PartnerId,
+    id: &str,
+    req: &ApiGatewayV2httpRequest,
+) -> Result<ApiGatewayV2httpResponse, AuthorizeError> {
     let body = h::body_bytes(req, crate::BODY_LIMIT)?;
     let u: UpdatePayment = request::parse(&body)?;
-    let amount = u.amount.as_ref().map(|a| request::amount(a, "amount")).transpose()?;
+    let amount = u
+        .amount
+        .as_ref()
+        .map(|a| request::amount(a, "amount"))
+        .transpose()?;
     let purchase_data = request::object(&u.purchase_data, "purchase_data")?;
     if amount.is_none() && purchase_data.is_none() {
-        return Err(ApiError::bad_request("send amount or purchase_data").field("amount").into());
+        return Err(ApiError::bad_request("send amount or purchase_data")
+            .field("amount")
+            .into());
     }
     let partner = load_partner(deps, partner_id).await?;
     let payment = load_payment(deps, partner_id, id).await?;
     let in_journey = payment.payment_request_state.as_deref() != Some("SUBMITTED");
-    let Some(pr) = payment.payment_request_id.clone().filter(|_| payment.state == PaymentState::StepUpPending) else {
+    let Some(pr) = payment
+        .payment_request_id
+        .clone()
+        .filter(|_| payment.state == PaymentState::StepUpPending)
+    else {
         return Err(not_pending(&payment, "update"));
     };
     if in_journey {
-        return Err(ApiError::new(409, "customer_in_journey", "the customer has opened Klarna's journey; the payment can no longer change").into());
+        return Err(ApiError::new(
+            409,
+            "customer_in_journey",
+            "the customer has opened Klarna's journey; the payment can no longer change",
+        )
+        .into());
     }
     if amount.is_some() && payment.amount.is_none() {
-        return Err(ApiError::new(409, "no_purchase", "a token creation without a purchase has no amount to change").field("amount").into());
+        return Err(ApiError::new(
+            409,
+            "no_purchase",
+            "a token creation without a purchase has no amount to change",
+        )
+        .field("amount")
+        .into());
     }
     let mut klarna_body = json!({});
     if let Some(a) = amount {
@@ -240,13 +339,22 @@ pub async fn update_payment(deps: &Deps, partner_id: &PartnerId, id: &str, req: 
     if let Some(d) = &purchase_data {
         klarna_body["supplementary_purchase_data"] = d.clone();
     }
-    if let Err(e) = deps.klarna.update_payment_request(&partner.klarna_account_id, &pr, &klarna_body).await {
+    if let Err(e) = deps
+        .klarna
+        .update_payment_request(&partner.klarna_account_id, &pr, &klarna_body)
+        .await
+    {
         if e.is_retryable() {
             return Err(e.into());
         }
         tracing::info!(code = e.error_code(), "Klarna refused the update");
         return Err(match e.status() {
-            Some(409) => ApiError::new(409, "customer_in_journey", "Klarna no longer accepts changes to this payment request").into(),
+            Some(409) => ApiError::new(
+                409,
+                "customer_in_journey",
+                "Klarna no longer accepts changes to this payment request",
+            )
+            .into(),
             _ => klarna_refusal(&e).into(),
         });
     }
@@ -260,7 +368,9 @@ pub async fn update_payment(deps: &Deps, partner_id: &PartnerId, id: &str, req: 
         let sk = current.sk.clone();
         let sealer = deps.store.sealer();
         let mut initial: AuthorizeRequest = serde_json::from_str(
-            &sealer.open_str(&current.klarna_request_sealed, &sk).map_err(|e| StoreError::Data(e.to_string()))?,
+            &sealer
+                .open_str(&current.klarna_request_sealed, &sk)
+                .map_err(|e| StoreError::Data(e.to_string()))?,
         )
         .map_err(|e| StoreError::Data(e.to_string()))?;
         let mut next = current.clone();
@@ -271,8 +381,11 @@ pub async fn update_payment(deps: &Deps, partner_id: &PartnerId, id: &str, req: 
         if let Some(d) = &purchase_data {
             initial.supplementary_purchase_data = Some(d.clone());
         }
-        let request_json = serde_json::to_string(&initial).map_err(|e| StoreError::Data(e.to_string()))?;
-        next.klarna_request_sealed = sealer.seal_str(&request_json, &sk).map_err(|e| StoreError::Data(e.to_string()))?;
+        let request_json =
+            serde_json::to_string(&initial).map_err(|e| StoreError::Data(e.to_string()))?;
+        next.klarna_request_sealed = sealer
+            .seal_str(&request_json, &sk)
+            .map_err(|e| StoreError::Data(e.to_string()))?;
         next.version += 1;
         next.updated_at = Utc::now();
         match deps.store.put_if_version(&next, current.version).await {

@@ -34,7 +34,11 @@ pub struct Deps {
 
 impl Deps {
     pub fn new(store: Store, klarna: KlarnaClient) -> Self {
-        Self { store, klarna, presentation_cache: checkout::PresentationCache::default() }
+        Self {
+            store,
+            klarna,
+            presentation_cache: checkout::PresentationCache::default(),
+        }
     }
 }
 

@@ -249,7 +249,8 @@ impl KlarnaClient {
         let headers: Vec<(&str, String)> = customer_token
             .map(|t| vec![("Klarna-Customer-Token", t.expose().to_owned())])
             .unwrap_or_default();
-        self.send_json::<(), _>(Method::GET, &path, None, &headers).await
+        self.send_json::<(), _>(Method::GET, &path, None, &headers)
+            .await
     }
 
     /// Identity API: introspect a customer token.

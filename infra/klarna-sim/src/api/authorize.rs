@@ -626,9 +626,10 @@ pub(crate) fn presentation(w: &World, ctx: &Ctx<'_>) -> ApiResponse {
         }
     };
     match cur {
-        Some(c) if errs.is_empty() => {
-            ApiResponse::json(200, unconfirmed::presentation_options(&c, amt, personalised))
-        }
+        Some(c) if errs.is_empty() => ApiResponse::json(
+            200,
+            unconfirmed::presentation_options(&c, amt, personalised),
+        ),
         _ => ApiResponse::validation(errs),
     }
 }
