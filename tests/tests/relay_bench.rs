@@ -55,7 +55,20 @@ async fn relay_100_records_to_3_queues_against_a_bare_batch_loop() {
     let body = "x".repeat(400);
     let started = Instant::now();
     let mut floor_calls = 0;
-    for queue in [&p.queue_url, &q2, &q3] {
+    let mut floor_queues = Vec::new();
+    for i in 0..3 {
+        let url = sqs
+            .create_queue()
+            .queue_name(format!("{}-floor-{i}.fifo", w.prefix))
+            .attributes(aws_sdk_sqs::types::QueueAttributeName::FifoQueue, "true")
+            .send()
+            .await
+            .unwrap()
+            .queue_url
+            .unwrap();
+        floor_queues.push(url);
+    }
+    for queue in &floor_queues {
         for chunk in 0..RECORDS / 10 {
             let entries: Vec<_> = (0..10)
                 .map(|i| {
