@@ -64,6 +64,41 @@ impl ApiError {
     }
 }
 
+/// The one mapping of a store failure to an answer: retryable is 503, a lost race is 409 (retry
+/// with the same key), anything else 500.
+pub fn store_failure(e: &crate::store::StoreError) -> ApiError {
+    use crate::store::StoreError;
+    match e {
+        StoreError::Unavailable(_) => ApiError::new(
+            503,
+            "temporarily_unavailable",
+            "storage is unavailable; retry (with the same Idempotency-Key on a POST)",
+        )
+        .retry_after(1),
+        StoreError::Conflict { .. } => ApiError::new(
+            409,
+            "concurrent_update",
+            "the payment or token changed concurrently; retry with the same Idempotency-Key",
+        )
+        .retry_after(1),
+        StoreError::Data(_) => ApiError::new(500, "internal_error", "internal error"),
+    }
+}
+
+/// The one mapping of a Klarna failure that reaches a partner: retryable is 503, else 502.
+pub fn klarna_failure(e: &crate::klarna::KlarnaError) -> ApiError {
+    if e.is_retryable() {
+        ApiError::new(
+            503,
+            "klarna_unavailable",
+            "Klarna is unavailable; retry (with the same Idempotency-Key on a POST)",
+        )
+        .retry_after(2)
+    } else {
+        ApiError::new(502, "klarna_error", "Klarna returned an unexpected answer")
+    }
+}
+
 #[derive(Serialize)]
 struct ErrorBody<'a> {
     error: &'a ApiError,

@@ -64,28 +64,8 @@ impl AuthorizeError {
     fn into_api_error(self) -> ApiError {
         match self {
             AuthorizeError::Refused(e) => e,
-            AuthorizeError::Store(e) if e.is_retryable() => ApiError::new(
-                503,
-                "temporarily_unavailable",
-                "storage is unavailable; retry with the same Idempotency-Key",
-            )
-            .retry_after(1),
-            AuthorizeError::Store(StoreError::Conflict { .. }) => ApiError::new(
-                409,
-                "concurrent_update",
-                "the payment or token changed concurrently; retry with the same Idempotency-Key",
-            )
-            .retry_after(1),
-            AuthorizeError::Store(_) => ApiError::new(500, "internal_error", "internal error"),
-            AuthorizeError::Klarna(e) if e.is_retryable() => ApiError::new(
-                503,
-                "klarna_unavailable",
-                "Klarna is unavailable; retry with the same Idempotency-Key",
-            )
-            .retry_after(2),
-            AuthorizeError::Klarna(_) => {
-                ApiError::new(502, "klarna_error", "Klarna returned an unexpected answer")
-            }
+            AuthorizeError::Store(e) => h::store_failure(&e),
+            AuthorizeError::Klarna(e) => h::klarna_failure(&e),
         }
     }
 }

@@ -42,20 +42,8 @@ impl TokenError {
     fn into_api_error(self) -> ApiError {
         match self {
             TokenError::Refused(e) => e,
-            TokenError::Store(e) if e.is_retryable() => ApiError::new(
-                503,
-                "temporarily_unavailable",
-                "storage is unavailable; retry",
-            )
-            .retry_after(1),
-            TokenError::Store(_) => ApiError::new(500, "internal_error", "internal error"),
-            TokenError::Klarna(e) if e.is_retryable() => {
-                ApiError::new(503, "klarna_unavailable", "Klarna is unavailable; retry")
-                    .retry_after(2)
-            }
-            TokenError::Klarna(_) => {
-                ApiError::new(502, "klarna_error", "Klarna returned an unexpected answer")
-            }
+            TokenError::Store(e) => h::store_failure(&e),
+            TokenError::Klarna(e) => h::klarna_failure(&e),
         }
     }
 }
@@ -150,10 +138,16 @@ async fn route(
         .await?
         .filter(|p| p.status == PartnerStatus::Active)
         .ok_or_else(|| ApiError::new(403, "partner_disabled", "partner is not active"))?;
+    if record.state == TokenState::Revoked {
+        // Known revoked: Klarna is not asked again; a second revoke is the same answer and no
+        // second notification.
+        return Ok(h::json_response(200, &status_of(&record, None, None)));
+    }
+    let klarna_token = payments::klarna_token_of(deps.store.sealer(), &record)?;
     if method == "GET" {
-        introspect(deps, &partner, record).await
+        introspect(deps, &partner, record, klarna_token).await
     } else {
-        revoke(deps, &partner, record).await
+        revoke(deps, &partner, record, klarna_token).await
     }
 }
 
@@ -161,11 +155,8 @@ async fn introspect(
     deps: &Deps,
     partner: &PartnerRecord,
     record: TokenRecord,
+    klarna_token: CustomerToken,
 ) -> Result<ApiGatewayV2httpResponse, TokenError> {
-    if record.state == TokenState::Revoked {
-        return Ok(h::json_response(200, &status_of(&record, None, None)));
-    }
-    let klarna_token = payments::klarna_token_of(deps.store.sealer(), &record)?;
     match deps
         .klarna
         .introspect_token(&partner.klarna_account_id, &klarna_token)
@@ -192,12 +183,8 @@ async fn revoke(
     deps: &Deps,
     partner: &PartnerRecord,
     record: TokenRecord,
+    klarna_token: CustomerToken,
 ) -> Result<ApiGatewayV2httpResponse, TokenError> {
-    if record.state == TokenState::Revoked {
-        // Idempotent: the same answer, no second notification.
-        return Ok(h::json_response(200, &status_of(&record, None, None)));
-    }
-    let klarna_token = payments::klarna_token_of(deps.store.sealer(), &record)?;
     match deps
         .klarna
         .revoke_token(&partner.klarna_account_id, &klarna_token)

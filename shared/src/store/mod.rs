@@ -47,6 +47,24 @@ fn sdk_error<E: ProvideErrorMetadata + std::fmt::Debug, R: std::fmt::Debug>(
     StoreError::Unavailable(format!("{code}: {}", e.message().unwrap_or("no message")))
 }
 
+/// Maps a single-item conditional write: a failed condition is [`StoreError::Conflict`].
+fn conditional<O, E, R>(
+    result: Result<O, SdkError<E, R>>,
+    condition_failed: impl Fn(&E) -> bool,
+) -> Result<(), StoreError>
+where
+    E: ProvideErrorMetadata + std::fmt::Debug,
+    R: std::fmt::Debug,
+{
+    match result {
+        Ok(_) => Ok(()),
+        Err(e) if e.as_service_error().is_some_and(&condition_failed) => {
+            Err(StoreError::Conflict { failed: vec![0] })
+        }
+        Err(e) => Err(sdk_error(&e)),
+    }
+}
+
 pub fn to_item<T: Serialize>(v: &T) -> Result<Item, StoreError> {
     serde_dynamo::to_item(v).map_err(|e| StoreError::Data(e.to_string()))
 }
@@ -117,16 +135,7 @@ impl Store {
             .condition_expression("attribute_not_exists(pk)")
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
-            {
-                Err(StoreError::Conflict { failed: vec![0] })
-            }
-            Err(e) => Err(sdk_error(&e)),
-        }
+        conditional(result, |s| s.is_conditional_check_failed_exception())
     }
 
     /// Writes an item unconditionally (records that carry no state machine: partners, keys).
@@ -185,16 +194,7 @@ impl Store {
             .expression_attribute_values(":b", AttributeValue::S(expected2.to_owned()))
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
-            {
-                Err(StoreError::Conflict { failed: vec![0] })
-            }
-            Err(e) => Err(sdk_error(&e)),
-        }
+        conditional(result, |s| s.is_conditional_check_failed_exception())
     }
 
     /// Deletes an item only if `attr = value` still holds (releasing an idempotency claim we own).
@@ -216,16 +216,7 @@ impl Store {
             .expression_attribute_values(":v", value)
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
-            {
-                Err(StoreError::Conflict { failed: vec![0] })
-            }
-            Err(e) => Err(sdk_error(&e)),
-        }
+        conditional(result, |s| s.is_conditional_check_failed_exception())
     }
 
     /// Starts a transaction.
@@ -259,22 +250,12 @@ impl Store {
             )
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(None),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
-            {
-                self.get(&record.pk, &record.sk).await
-            }
-            Err(e) => Err(sdk_error(&e)),
+        match conditional(result, |s| s.is_conditional_check_failed_exception()) {
+            Ok(()) => Ok(None),
+            Err(StoreError::Conflict { .. }) => self.get(&record.pk, &record.sk).await,
+            Err(e) => Err(e),
         }
     }
-}
-
-/// The timestamp form serde writes for `DateTime<Utc>`, so string comparisons in conditions work.
-pub fn rfc3339(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
 }
 
 /// One DynamoDB transaction: the state change and the outbox items it causes commit together or
