@@ -216,7 +216,7 @@ pub fn plan_payment(body: &[u8]) -> Result<Plan, ApiError> {
         );
     }
     let return_url = request::return_url(&b.return_url, "return_url", b.app_return_url.is_none())?;
-    let app_return_url = request::return_url(&b.app_return_url, "app_return_url", false)?;
+    let app_return_url = request::app_return_url(&b.app_return_url)?;
     let reference = request::short_text(&b.reference, "reference", 255)?;
     let purchase_data = request::object(&b.purchase_data, "purchase_data")?;
     let session = request::short_text(
@@ -284,7 +284,7 @@ async fn charge_token(
         "return_url",
         b.customer_present && b.app_return_url.is_none(),
     )?;
-    let app_return_url = request::return_url(&b.app_return_url, "app_return_url", false)?;
+    let app_return_url = request::app_return_url(&b.app_return_url)?;
     let reference = request::short_text(&b.reference, "reference", 255)?;
     let purchase_data = request::object(&b.purchase_data, "purchase_data")?;
     let session = request::short_text(

@@ -154,6 +154,40 @@ pub fn return_url(
     }
 }
 
+/// An app return URL: a custom scheme deep link (`shopapp://...`) or https; never a scheme that
+/// runs or reads something (`javascript:`, `data:`, `file:`), never plain http off localhost.
+pub fn app_return_url(v: &Option<String>) -> Result<Option<String>, ApiError> {
+    let Some(u) = v else { return Ok(None) };
+    let refuse = || {
+        Err(ApiError::bad_request(
+            "app_return_url must be an app deep link (scheme://...) or https",
+        )
+        .field("app_return_url"))
+    };
+    let Some((scheme, rest)) = u.split_once("://") else {
+        return refuse();
+    };
+    let scheme_ok = !scheme.is_empty()
+        && scheme.len() <= 32
+        && scheme.starts_with(|c: char| c.is_ascii_lowercase())
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+.-".contains(c));
+    let forbidden = matches!(scheme, "javascript" | "data" | "file" | "vbscript" | "ftp");
+    let http_off_localhost =
+        scheme == "http" && !(rest.starts_with("localhost") || rest.starts_with("127.0.0.1"));
+    if !scheme_ok
+        || forbidden
+        || http_off_localhost
+        || rest.is_empty()
+        || u.len() > 2048
+        || u.chars().any(char::is_whitespace)
+    {
+        return refuse();
+    }
+    Ok(Some(u.clone()))
+}
+
 pub fn short_text(v: &Option<String>, field: &str, max: usize) -> Result<Option<String>, ApiError> {
     match v {
         Some(s) if s.is_empty() || s.len() > max || s.chars().any(char::is_control) => Err(
@@ -215,6 +249,26 @@ mod tests {
         let e = parse::<CreatePayment>(br#"{"amount":1}"#).err().unwrap();
         assert_eq!(e.field.as_deref(), Some("currency"));
         assert!(parse::<CreatePayment>(b"{").is_err());
+    }
+
+    #[test]
+    fn app_links() {
+        assert!(app_return_url(&Some("shopapp://klarna/return".into()))
+            .unwrap()
+            .is_some());
+        assert!(app_return_url(&Some("https://shop.example/app".into()))
+            .unwrap()
+            .is_some());
+        for bad in [
+            "javascript://alert(1)",
+            "data://x",
+            "http://evil.example/x",
+            "noscheme",
+            "Shop App://x",
+            "shopapp://",
+        ] {
+            assert!(app_return_url(&Some(bad.into())).is_err(), "{bad}");
+        }
     }
 
     #[test]
