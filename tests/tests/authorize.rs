@@ -662,3 +662,53 @@ async fn a_charge_replayed_after_the_token_was_revoked_answers_as_the_first_time
         410
     );
 }
+
+#[tokio::test]
+async fn a_lost_answer_to_the_outcome_write_still_gives_the_partner_its_token() {
+    let proxy =
+        integration_tests::faults::FaultProxy::start(local_stack::stack::local_endpoint()).await;
+    let w = World::with_sdk(
+        "lost-answer",
+        proxy.sdk().await,
+        klarna_sim::SimConfig::default(),
+        |_| {},
+    )
+    .await;
+    let p = w.partner("shop", &["*"]).await;
+    w.sim.set_rules(approve_at_once());
+    // The outcome's transaction is applied, but its answer is lost: the partner sees a 5xx.
+    proxy.inject(
+        "TransactWriteItems",
+        integration_tests::faults::AwsFault::DropResponse,
+        1,
+    );
+    let first = w
+        .call(
+            "POST",
+            "/v1/payments",
+            Some(&p.api_key),
+            Some("lost"),
+            Some(&token_request_body("c@example.com")),
+        )
+        .await;
+    assert!(first.status >= 500, "{}", body_text(&first));
+    // The retry with the same key answers the stored outcome, token included.
+    let retry = w
+        .call(
+            "POST",
+            "/v1/payments",
+            Some(&p.api_key),
+            Some("lost"),
+            Some(&token_request_body("c@example.com")),
+        )
+        .await;
+    assert_eq!(retry.status, 201, "{}", body_text(&retry));
+    assert!(
+        retry.json()["token"]["token"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("apt_")),
+        "{}",
+        body_text(&retry)
+    );
+    assert_eq!(w.sim.count(Route::Authorize), 1);
+}

@@ -147,11 +147,19 @@ pub fn completed(
 }
 
 /// Gives the key back after a retryable failure, so the partner's retry proceeds at once.
-/// Only our own claim is removed (matched on its lease).
+/// Only our own claim, and only while it is still IN_PROGRESS: if the outcome's transaction was
+/// applied but its answer lost, the completed record (with its token) must stay for the replay.
 pub async fn release(store: &Store, claim: &IdempotencyRecord) {
     let lease = aws_sdk_dynamodb::types::AttributeValue::N(claim.lease_until_ms.to_string());
     if let Err(e) = store
-        .delete_if(&claim.pk, &claim.sk, "lease_until_ms", lease)
+        .delete_if_equals(
+            &claim.pk,
+            &claim.sk,
+            "lease_until_ms",
+            lease,
+            "status",
+            "IN_PROGRESS",
+        )
         .await
     {
         // The lease expires on its own; the partner's retry then proceeds.

@@ -197,13 +197,15 @@ impl Store {
         conditional(result, |s| s.is_conditional_check_failed_exception())
     }
 
-    /// Deletes an item only if `attr = value` still holds (releasing an idempotency claim we own).
-    pub async fn delete_if(
+    /// Deletes an item only if `attr = value` and `attr2 = value2` (a string) still hold.
+    pub async fn delete_if_equals(
         &self,
         pk: &str,
         sk: &str,
         attr: &str,
-        value: AttributeValue,
+        expected: AttributeValue,
+        attr2: &str,
+        expected2: &str,
     ) -> Result<(), StoreError> {
         let result = self
             .client
@@ -211,9 +213,11 @@ impl Store {
             .table_name(&self.table)
             .key("pk", AttributeValue::S(pk.to_owned()))
             .key("sk", AttributeValue::S(sk.to_owned()))
-            .condition_expression("#a = :v")
+            .condition_expression("#a = :a AND #b = :b")
             .expression_attribute_names("#a", attr)
-            .expression_attribute_values(":v", value)
+            .expression_attribute_values(":a", expected)
+            .expression_attribute_names("#b", attr2)
+            .expression_attribute_values(":b", AttributeValue::S(expected2.to_owned()))
             .send()
             .await;
         conditional(result, |s| s.is_conditional_check_failed_exception())
