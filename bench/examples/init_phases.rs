@@ -25,7 +25,23 @@ fn main() {
     rt.block_on(async {
         shared::telemetry::init_json();
         lap("telemetry (tracing-subscriber JSON + EnvFilter)", &mut t);
-        let sdk = shared::aws::sdk_config().await;
+        let sdk = match std::env::var("VARIANT").as_deref() {
+            Ok("explicit") => {
+                shared::aws::loader()
+                    .region(aws_config::Region::new("us-east-1"))
+                    .credentials_provider(
+                        aws_config::environment::EnvironmentVariableCredentialsProvider::new(),
+                    )
+                    .load()
+                    .await
+            }
+            Ok("bare") => aws_config::SdkConfig::builder()
+                .behavior_version(aws_config::BehaviorVersion::latest())
+                .region(aws_config::Region::new("us-east-1"))
+                .http_client(shared::aws::http_client())
+                .build(),
+            _ => shared::aws::sdk_config().await,
+        };
         lap("aws_config::load_defaults", &mut t);
         let store = shared::bootstrap::store_from_env(&sdk).await;
         lap("store_from_env (DynamoDB client + data key)", &mut t);

@@ -51,21 +51,7 @@ pub fn environment(data_key_b64: &str) -> Vec<(String, String)> {
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .chain(cert_bundle())
     .collect()
-}
-
-/// As deployed (template.yaml sets `SSL_CERT_FILE` to the runtime's bundle): the TLS stack reads
-/// one bundle file instead of every file of the certificate directory at start. This machine's
-/// equivalent of Amazon Linux's `/etc/pki/tls/certs/ca-bundle.crt`.
-fn cert_bundle() -> Option<(String, String)> {
-    [
-        "/etc/pki/tls/certs/ca-bundle.crt",
-        "/etc/ssl/certs/ca-certificates.crt",
-    ]
-    .into_iter()
-    .find(|p| std::path::Path::new(p).exists())
-    .map(|p| ("SSL_CERT_FILE".to_owned(), p.to_owned()))
 }
 
 /// 32 random bytes, standard base64 (the data key), from the OS.

@@ -157,7 +157,7 @@ pub struct ProbeFile {
 
 /// Measures every binary in `bin_dir`: `runs` init runs (interleaved, after one discarded warm-up
 /// run each, so drift hits every binary alike), then one run of `events` events each.
-/// `extra_env` is added to every process's environment (for experiments, e.g. `SSL_CERT_DIR`).
+/// `extra_env` is added to every process's environment (for experiments, e.g. `RUST_LOG`).
 pub async fn measure_all(
     bin_dir: &Path,
     runs: usize,

@@ -149,7 +149,7 @@ impl FaultProxy {
     /// SDK configuration that goes through this proxy, with the SDK's own retries off so each
     /// injected fault reaches the handler.
     pub async fn sdk(&self) -> aws_config::SdkConfig {
-        aws_config::defaults(aws_config::BehaviorVersion::latest())
+        shared::aws::loader()
             .endpoint_url(&self.url)
             .region(aws_config::Region::new("us-east-1"))
             .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(

@@ -435,7 +435,7 @@ impl Arming {
     /// SDK configuration through this proxy (and the FaultProxy), without SDK retries, so each
     /// fault reaches the handler.
     async fn sdk(&self) -> aws_config::SdkConfig {
-        aws_config::defaults(aws_config::BehaviorVersion::latest())
+        shared::aws::loader()
             .endpoint_url(&self.url)
             .region(aws_config::Region::new("us-east-1"))
             .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(

@@ -233,7 +233,7 @@ async fn a_lost_race_is_a_typed_conflict_and_an_outage_is_a_retryable_fault() {
     assert_eq!(stored, a);
 
     // A store that cannot be reached is a fault, retryable, never a conflict.
-    let dead = aws_config::defaults(aws_config::BehaviorVersion::latest())
+    let dead = shared::aws::loader()
         .endpoint_url("http://127.0.0.1:9")
         .region(aws_config::Region::new("us-east-1"))
         .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(

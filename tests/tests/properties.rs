@@ -513,7 +513,7 @@ static REQUEST_CASES: AtomicUsize = AtomicUsize::new(0);
 /// What the handler checks of a charge body, in its order (the handler itself needs a store).
 fn validate_charge(body: &[u8]) -> Result<(), shared::http::ApiError> {
     use partner_authorize::request;
-    let b: request::ChargeToken = request::parse(body)?;
+    let b: request::ChargeToken = request::parse(body)?.body;
     let amount = request::amount(&b.amount, "amount")?;
     assert!((1..=request::MAX_AMOUNT).contains(&amount));
     let currency = request::currency(&b.currency)?;
@@ -532,7 +532,7 @@ fn validate_charge(body: &[u8]) -> Result<(), shared::http::ApiError> {
     }
     request::return_url(&b.app_return_url, "app_return_url", false)?;
     request::short_text(&b.reference, "reference", 255)?;
-    request::object(&b.purchase_data, "purchase_data")?;
+    request::object(b.purchase_data.clone(), "purchase_data")?;
     request::short_text(
         &b.klarna_network_session_token,
         "klarna_network_session_token",
@@ -546,7 +546,7 @@ fn validate_charge(body: &[u8]) -> Result<(), shared::http::ApiError> {
 fn check_create(bytes: &[u8]) -> Result<(), TestCaseError> {
     REQUEST_CASES.fetch_add(1, Ordering::Relaxed);
     match partner_authorize::plan_payment(bytes) {
-        Ok(plan) => {
+        Ok((plan, _)) => {
             if let Some(a) = plan.amount {
                 prop_assert!((1..=partner_authorize::request::MAX_AMOUNT).contains(&a));
             }

@@ -293,13 +293,13 @@ pub async fn update_payment(
     req: &ApiGatewayV2httpRequest,
 ) -> Result<ApiGatewayV2httpResponse, AuthorizeError> {
     let body = h::body_bytes(req, crate::BODY_LIMIT)?;
-    let u: UpdatePayment = request::parse(&body)?;
+    let u: UpdatePayment = request::parse(&body)?.body;
     let amount = u
         .amount
         .as_ref()
         .map(|a| request::amount(a, "amount"))
         .transpose()?;
-    let purchase_data = request::object(&u.purchase_data, "purchase_data")?;
+    let purchase_data = request::object(u.purchase_data, "purchase_data")?;
     if amount.is_none() && purchase_data.is_none() {
         return Err(ApiError::bad_request("send amount or purchase_data")
             .field("amount")

@@ -190,15 +190,15 @@ async fn create_payment(
 ) -> Result<ApiGatewayV2httpResponse, AuthorizeError> {
     let key = idempotency::key(h::header(req, "idempotency-key"))?;
     let body = h::body_bytes(req, BODY_LIMIT)?;
-    let plan = plan_payment(&body)?;
-    let canonical: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let (plan, canonical) = plan_payment(&body)?;
     run(deps, partner_id, "payments", &key, &canonical, plan).await
 }
 
-/// Validates a `POST /v1/payments` body and maps it to Klarna's authorize request. Pure: the
-/// per-request CPU of the route lives here.
-pub fn plan_payment(body: &[u8]) -> Result<Plan, ApiError> {
-    let b: CreatePayment = request::parse(body)?;
+/// Validates a `POST /v1/payments` body and maps it to Klarna's authorize request; also returns
+/// the parsed body for the idempotency fingerprint. Pure: the per-request CPU of the route lives
+/// here.
+pub fn plan_payment(body: &[u8]) -> Result<(Plan, serde_json::Value), ApiError> {
+    let request::Parsed { body: b, canonical } = request::parse::<CreatePayment>(body)?;
     let currency = request::currency(&b.currency)?;
     let amount = b
         .amount
@@ -218,7 +218,7 @@ pub fn plan_payment(body: &[u8]) -> Result<Plan, ApiError> {
     let return_url = request::return_url(&b.return_url, "return_url", b.app_return_url.is_none())?;
     let app_return_url = request::app_return_url(&b.app_return_url)?;
     let reference = request::short_text(&b.reference, "reference", 255)?;
-    let purchase_data = request::object(&b.purchase_data, "purchase_data")?;
+    let purchase_data = request::object(b.purchase_data, "purchase_data")?;
     let session = request::short_text(
         &b.klarna_network_session_token,
         "klarna_network_session_token",
@@ -230,7 +230,7 @@ pub fn plan_payment(body: &[u8]) -> Result<Plan, ApiError> {
     } else {
         PaymentKind::OneTime
     };
-    Ok(Plan {
+    let plan = Plan {
         kind,
         amount,
         currency: currency.clone(),
@@ -260,7 +260,8 @@ pub fn plan_payment(body: &[u8]) -> Result<Plan, ApiError> {
         partner_session_token: session.map(NetworkSessionToken::new),
         token: None,
         requested_scopes: scopes.unwrap_or_default(),
-    })
+    };
+    Ok((plan, canonical))
 }
 
 async fn charge_token(
@@ -276,7 +277,10 @@ async fn charge_token(
             .into());
     }
     let body = h::body_bytes(req, BODY_LIMIT)?;
-    let b: ChargeToken = request::parse(&body)?;
+    let request::Parsed {
+        body: b,
+        mut canonical,
+    } = request::parse::<ChargeToken>(&body)?;
     let amount = request::amount(&b.amount, "amount")?;
     let currency = request::currency(&b.currency)?;
     let return_url = request::return_url(
@@ -286,7 +290,7 @@ async fn charge_token(
     )?;
     let app_return_url = request::app_return_url(&b.app_return_url)?;
     let reference = request::short_text(&b.reference, "reference", 255)?;
-    let purchase_data = request::object(&b.purchase_data, "purchase_data")?;
+    let purchase_data = request::object(b.purchase_data, "purchase_data")?;
     let session = request::short_text(
         &b.klarna_network_session_token,
         "klarna_network_session_token",
@@ -295,7 +299,6 @@ async fn charge_token(
     let option_id = request::short_text(&b.payment_option_id, "payment_option_id", 255)?;
 
     let backend_token = BackendToken::new(token);
-    let mut canonical: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
     // The token is part of the request: the same key on another token is another request.
     canonical["__token"] = serde_json::Value::String(payments::token_hash(&backend_token));
     // A replay of a completed charge answers as the first time did, even if the token has been

@@ -54,11 +54,18 @@ pub struct ChargeToken {
     pub app_return_url: Option<String>,
 }
 
-pub fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
+/// A request body: typed, and as parsed JSON (keys sorted), which is the input of the idempotency
+/// fingerprint. The body is parsed once; the typed form is read from the parsed JSON.
+pub struct Parsed<T> {
+    pub body: T,
+    pub canonical: Value,
+}
+
+pub fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<Parsed<T>, ApiError> {
     if body.is_empty() {
         return Err(ApiError::bad_request("a JSON body is required"));
     }
-    serde_json::from_slice(body).map_err(|e| {
+    let malformed = |e: serde_json::Error| {
         let msg = e.to_string();
         // serde names the field in "unknown field `x`" and "missing field `x`".
         let field = msg
@@ -69,7 +76,10 @@ pub fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
         let mut err = ApiError::bad_request(format!("malformed JSON body: {msg}"));
         err.field = field;
         err
-    })
+    };
+    let canonical: Value = serde_json::from_slice(body).map_err(malformed)?;
+    let body = T::deserialize(&canonical).map_err(malformed)?;
+    Ok(Parsed { body, canonical })
 }
 
 pub fn amount(v: &Value, field: &str) -> Result<i64, ApiError> {
@@ -198,12 +208,12 @@ pub fn short_text(v: &Option<String>, field: &str, max: usize) -> Result<Option<
     }
 }
 
-pub fn object(v: &Option<Value>, field: &str) -> Result<Option<Value>, ApiError> {
+pub fn object(v: Option<Value>, field: &str) -> Result<Option<Value>, ApiError> {
     match v {
         Some(o) if !o.is_object() => {
             Err(ApiError::bad_request(format!("{field} must be an object")).field(field))
         }
-        other => Ok(other.clone()),
+        other => Ok(other),
     }
 }
 

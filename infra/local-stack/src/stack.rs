@@ -33,7 +33,7 @@ pub fn local_endpoint() -> String {
 /// SDK configuration for the local server: only endpoint, region and dummy credentials differ
 /// from production, as configuration.
 pub async fn local_sdk_config() -> aws_config::SdkConfig {
-    aws_config::defaults(aws_config::BehaviorVersion::latest())
+    shared::aws::loader()
         .endpoint_url(local_endpoint())
         .region(aws_config::Region::new(
             std::env::var("AWS_REGION").unwrap_or_else(|_| crate::events::REGION.into()),

@@ -152,7 +152,7 @@ fn env(name: &str) -> Option<String> {
 
 impl Ctx {
     /// From the environment; the SDK configuration is loaded on first use
-    /// (`aws_config::load_defaults`: `AWS_PROFILE`, `AWS_REGION`, `AWS_ENDPOINT_URL`, ...).
+    /// (`shared::aws::sdk_config`: `AWS_PROFILE`, `AWS_REGION`, `AWS_ENDPOINT_URL`, ...).
     pub fn from_env() -> Self {
         Self {
             sdk: OnceCell::new(),
@@ -179,9 +179,7 @@ impl Ctx {
     }
 
     pub async fn sdk(&self) -> &aws_config::SdkConfig {
-        self.sdk
-            .get_or_init(|| aws_config::load_defaults(aws_config::BehaviorVersion::latest()))
-            .await
+        self.sdk.get_or_init(shared::aws::sdk_config).await
     }
 
     pub async fn sqs(&self) -> aws_sdk_sqs::Client {
