@@ -5,8 +5,12 @@
 //! cargo build --release -p klarna-bench --example init_phases
 //! env -i TABLE_NAME=bench DATA_KEY=<32 bytes b64> KLARNA_BASE_URL=http://127.0.0.1:9 \
 //!   KLARNA_API_KEY=bench AWS_REGION=us-east-1 AWS_ACCESS_KEY_ID=x AWS_SECRET_ACCESS_KEY=x \
-//!   AWS_ENDPOINT_URL=http://127.0.0.1:9 $CARGO_TARGET_DIR/release/examples/init_phases
+//!   AWS_ENDPOINT_URL=http://127.0.0.1:9 AWS_LAMBDA_FUNCTION_NAME=bench \
+//!   $CARGO_TARGET_DIR/release/examples/init_phases
 //! ```
+//!
+//! Without `AWS_LAMBDA_FUNCTION_NAME`, `sdk_config` takes the full provider chains, as it does
+//! outside Lambda.
 
 use std::time::Instant;
 
@@ -25,24 +29,8 @@ fn main() {
     rt.block_on(async {
         shared::telemetry::init_json();
         lap("telemetry (tracing-subscriber JSON + EnvFilter)", &mut t);
-        let sdk = match std::env::var("VARIANT").as_deref() {
-            Ok("explicit") => {
-                shared::aws::loader()
-                    .region(aws_config::Region::new("us-east-1"))
-                    .credentials_provider(
-                        aws_config::environment::EnvironmentVariableCredentialsProvider::new(),
-                    )
-                    .load()
-                    .await
-            }
-            Ok("bare") => aws_config::SdkConfig::builder()
-                .behavior_version(aws_config::BehaviorVersion::latest())
-                .region(aws_config::Region::new("us-east-1"))
-                .http_client(shared::aws::http_client())
-                .build(),
-            _ => shared::aws::sdk_config().await,
-        };
-        lap("aws_config::load_defaults", &mut t);
+        let sdk = shared::aws::sdk_config().await;
+        lap("shared::aws::sdk_config", &mut t);
         let store = shared::bootstrap::store_from_env(&sdk).await;
         lap("store_from_env (DynamoDB client + data key)", &mut t);
         let klarna = shared::bootstrap::klarna_from_env().await;

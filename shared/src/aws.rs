@@ -20,10 +20,27 @@ use aws_smithy_types::body::SdkBody;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// The SDK configuration every binary uses: the standard provider chains (environment, profile,
-/// container and instance credentials) with this crate's HTTP client.
+/// The SDK configuration every binary uses, with this crate's HTTP client.
+///
+/// In a Lambda sandbox the runtime puts the region and the execution role's credentials in the
+/// environment, so they are named here: the default chains would otherwise assemble profile-file,
+/// SSO, web-identity (with an STS client), container and instance-metadata providers at start,
+/// only to pick the environment. Elsewhere (operators' machines, CI) the full chains apply.
 pub async fn sdk_config() -> aws_config::SdkConfig {
-    loader().load().await
+    let in_lambda = std::env::var_os("AWS_LAMBDA_FUNCTION_NAME").is_some()
+        && std::env::var_os("AWS_ACCESS_KEY_ID").is_some();
+    match std::env::var("AWS_REGION") {
+        Ok(region) if in_lambda => {
+            loader()
+                .region(aws_config::Region::new(region))
+                .credentials_provider(
+                    aws_config::environment::EnvironmentVariableCredentialsProvider::new(),
+                )
+                .load()
+                .await
+        }
+        _ => loader().load().await,
+    }
 }
 
 /// The SDK's config loader with this crate's HTTP client, for callers that override more
