@@ -28,7 +28,10 @@ fn main() {
     lap("tokio runtime", &mut t);
     rt.block_on(async {
         shared::telemetry::init_json();
-        lap("telemetry (tracing-subscriber JSON + EnvFilter)", &mut t);
+        lap(
+            "telemetry (tracing-subscriber JSON + target filter)",
+            &mut t,
+        );
         let sdk = shared::aws::sdk_config().await;
         lap("shared::aws::sdk_config", &mut t);
         let store = shared::bootstrap::store_from_env(&sdk).await;

@@ -6,6 +6,7 @@ use klarna_sim::Route;
 use serde_json::json;
 use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
+use tracing_subscriber::layer::SubscriberExt;
 
 /// Every log line of this test binary, at TRACE, as JSON (the production format).
 fn captured() -> &'static Arc<Mutex<Vec<u8>>> {
@@ -13,14 +14,15 @@ fn captured() -> &'static Arc<Mutex<Vec<u8>>> {
     LOGS.get_or_init(|| {
         let buf: Arc<Mutex<Vec<u8>>> = Arc::default();
         let writer = buf.clone();
-        let subscriber = tracing_subscriber::fmt()
+        let layer = tracing_subscriber::fmt::layer()
             .json()
             .with_current_span(true)
             .flatten_event(true)
+            .with_writer(move || Capture(writer.clone()));
+        let subscriber = tracing_subscriber::registry()
+            .with(layer)
             // TRACE for everything, through the production filter; the simulator is Klarna, not us.
-            .with_env_filter(shared::telemetry::filter("trace,klarna_sim=off"))
-            .with_writer(move || Capture(writer.clone()))
-            .finish();
+            .with(shared::telemetry::filter("trace,klarna_sim=off"));
         tracing::subscriber::set_global_default(subscriber)
             .expect("one subscriber per test binary");
         buf

@@ -160,6 +160,8 @@ impl KlarnaClient {
         let mut builder = reqwest::Client::builder()
             .connect_timeout(config.connect_timeout)
             .timeout(config.request_timeout)
+            // A redirect would turn a POST into a GET and hide Klarna's answer: never follow one.
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("klarna-token-backend/", env!("CARGO_PKG_VERSION")));
         if let Some(pem) = &config.mtls_identity_pem {
             let identity = reqwest::Identity::from_pem(pem.expose().as_bytes())
