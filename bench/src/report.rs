@@ -536,14 +536,25 @@ pub fn build(
         read_estimate(criterion_dir, "authorize", "parse_only"),
         per_event_ns.get("partner-authorize"),
     ) {
-        let _ = writeln!(
-            md,
-            "\nOf `plan_payment`'s {total:.0} ns, parsing the body (JSON once, then \
-             `CreatePayment` read from it; the JSON is also the idempotency fingerprint's input) \
-             takes {:.0} ns; validation and building the Klarna request take the other {:.0} ns.",
-            parse.median_ns,
-            total - parse.median_ns
-        );
+        if parse.median_ns <= *total {
+            let _ = writeln!(
+                md,
+                "\nOf `plan_payment`'s {total:.0} ns, parsing the body (JSON once, then \
+                 `CreatePayment` read from it; the JSON is also the idempotency fingerprint's \
+                 input) takes {:.0} ns; validation and building the Klarna request take the other \
+                 {:.0} ns.",
+                parse.median_ns,
+                total - parse.median_ns
+            );
+        } else {
+            // Separate criterion runs on a shared machine: a part can come out above the whole.
+            let _ = writeln!(
+                md,
+                "\nParsing the body alone measured {:.0} ns, more than the whole `plan_payment` \
+                 ({total:.0} ns): machine noise between the two runs, so no split is given.",
+                parse.median_ns
+            );
+        }
         if let Some(f) = functions
             .get_mut("partner-authorize")
             .and_then(|f| f.get_mut("per_event_cpu"))
