@@ -23,7 +23,7 @@ const WIRE_TARGETS: [&str; 8] = [
 /// The log filter: `directives` (`RUST_LOG` syntax: `level` or `target=level`, comma-separated)
 /// with the wire-level targets, and anything below them, capped at `info`. Directives that do not
 /// parse give `info`. A target filter rather than `EnvFilter`: no span-field matching is needed,
-/// and it is built without regexes at start.
+/// and it is cheaper to build at start.
 pub fn filter(directives: &str) -> Targets {
     let kept: Vec<&str> = directives
         .split(',')
