@@ -277,3 +277,75 @@ async fn tokens_are_partner_scoped_and_malformed_tokens_are_refused_without_klar
         "active"
     );
 }
+
+/// Klarna answers an unknown route `404 NOT_FOUND`. If the (unconfirmed) Identity paths were wrong
+/// in production, every introspect and revoke would meet that answer: it must never be read as
+/// "this token is gone". The function is pointed at a misrouted Klarna base URL.
+#[tokio::test]
+async fn a_404_from_a_wrong_identity_path_never_revokes_a_token() {
+    let w = World::new("tokens-misrouted").await;
+    let p = w.partner("shop", &["*"]).await;
+    let (token, _) = w.issue_token(&p).await;
+    let misrouted = token_lifecycle::Deps {
+        store: w.stack.store.clone(),
+        klarna: shared::klarna::KlarnaClient::new(shared::klarna::KlarnaClientConfig {
+            base_url: format!("{}/misrouted-prefix", w.sim.base_url()),
+            api_key: shared::ids::SecretString::new("klarna_test_api_local"),
+            mtls_identity_pem: None,
+            connect_timeout: std::time::Duration::from_secs(2),
+            request_timeout: std::time::Duration::from_secs(5),
+            retry: shared::klarna::RetryPolicy::default(),
+        })
+        .unwrap(),
+    };
+    let path = format!("/v1/tokens/{token}");
+    for method in ["GET", "DELETE"] {
+        let req = local_stack::HttpRequest {
+            method: method.into(),
+            path: path.clone(),
+            query: String::new(),
+            headers: vec![],
+            body: vec![],
+        };
+        let params = [("token".to_owned(), token.clone())].into_iter().collect();
+        let event = local_stack::events::http_api_request(
+            &req,
+            &format!("{method} /v1/tokens/{{token}}"),
+            &params,
+            "req-misrouted",
+            Some(&json!({ "partner_id": p.id.as_str() })),
+        );
+        let resp =
+            local_stack::events::http_response(token_lifecycle::handle(&misrouted, event).await);
+        assert_eq!(
+            resp.status,
+            502,
+            "{method}: {}",
+            String::from_utf8_lossy(&resp.body)
+        );
+        assert_eq!(
+            resp.json()["error"]["code"],
+            "klarna_identity_unexpected_answer"
+        );
+    }
+    // The misrouted calls reached Klarna (and met its route 404) ...
+    assert!(w
+        .sim
+        .requests()
+        .iter()
+        .any(|r| r.path.starts_with("/misrouted-prefix/")));
+    // ... and the token is untouched: still active, still chargeable, no notification.
+    let r = w.call("GET", &path, Some(&p.api_key), None, None).await;
+    assert_eq!(
+        (r.status, r.json()["status"].clone()),
+        (200, json!("active"))
+    );
+    w.settle().await;
+    let revoked = w
+        .drain(&p)
+        .await
+        .into_iter()
+        .filter(|m| m.notification.event_type.as_str() == "token.revoked")
+        .count();
+    assert_eq!(revoked, 0, "no token.revoked notification");
+}

@@ -8,7 +8,7 @@ use serde::Serialize;
 use shared::domain::{Scope, TokenState};
 use shared::http::{self as h, ApiError};
 use shared::ids::*;
-use shared::klarna::{KlarnaClient, KlarnaError};
+use shared::klarna::{unconfirmed, KlarnaClient, KlarnaError};
 use shared::payments;
 use shared::store::records::*;
 use shared::store::{Store, StoreError};
@@ -162,21 +162,56 @@ async fn introspect(
         .introspect_token(&partner.klarna_account_id, &klarna_token)
         .await
     {
-        Ok(i) if i.status.eq_ignore_ascii_case("ACTIVE") => {
-            let issued = i
-                .issued_at
-                .and_then(|ms| Utc.timestamp_millis_opt(ms).single());
-            Ok(h::json_response(
-                200,
-                &status_of(&record, issued, i.customer_token_reference),
-            ))
-        }
-        // Any other status, "revoked", or "no such token": the token is dead at Klarna.
-        Ok(_) => mark_revoked(deps, record, "REVOKED_AT_KLARNA").await,
+        Ok(i) => match unconfirmed::introspection_status_is_revoked(&i.status) {
+            Some(false) => {
+                let issued = i
+                    .issued_at
+                    .and_then(|ms| Utc.timestamp_millis_opt(ms).single());
+                Ok(h::json_response(
+                    200,
+                    &status_of(&record, issued, i.customer_token_reference),
+                ))
+            }
+            Some(true) => mark_revoked(deps, record, "REVOKED_AT_KLARNA").await,
+            None => {
+                tracing::error!(
+                    metric = "IdentityUnexpectedAnswer",
+                    klarna_status = %i.status,
+                    "Klarna introspection returned a token status we do not know; token unchanged"
+                );
+                Err(identity_unexpected())
+            }
+        },
         Err(e) if e.means_token_revoked() => mark_revoked(deps, record, "REVOKED_AT_KLARNA").await,
         Err(e) if e.means_token_unknown() => mark_revoked(deps, record, "UNKNOWN_AT_KLARNA").await,
-        Err(e) => Err(e.into()),
+        Err(e) => Err(identity_failure(e)),
     }
+}
+
+/// A Klarna Identity failure that does not name the token. Retryable faults keep their 503; any
+/// other answer (a 404 from a wrong path, a 403 without access) is a 502 to the partner and an
+/// error an operator is alarmed on, with the token unchanged: a misconfigured path must never
+/// revoke tokens silently.
+fn identity_failure(e: KlarnaError) -> TokenError {
+    if e.is_retryable() {
+        return e.into();
+    }
+    tracing::error!(
+        metric = "IdentityUnexpectedAnswer",
+        klarna_status = e.status(),
+        error_code = e.error_code(),
+        "Klarna Identity answered an error that does not name the token; token unchanged"
+    );
+    identity_unexpected()
+}
+
+fn identity_unexpected() -> TokenError {
+    ApiError::new(
+        502,
+        "klarna_identity_unexpected_answer",
+        "Klarna's Identity API gave an answer that does not say what happened to the token; the token is unchanged",
+    )
+    .into()
 }
 
 async fn revoke(
@@ -194,7 +229,7 @@ async fn revoke(
         Err(e) if e.means_token_revoked() || e.means_token_unknown() => {
             mark_revoked(deps, record, "REVOKED_BY_PARTNER").await
         }
-        Err(e) => Err(e.into()),
+        Err(e) => Err(identity_failure(e)),
     }
 }
 

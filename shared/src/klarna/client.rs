@@ -109,9 +109,7 @@ impl KlarnaError {
     /// Klarna says the customer token is revoked.
     pub fn means_token_revoked(&self) -> bool {
         match self {
-            KlarnaError::Api { status, body } => {
-                unconfirmed::error_means_revoked(*status, body.error_code.as_deref().unwrap_or(""))
-            }
+            KlarnaError::Api { body, .. } => unconfirmed::error_means_revoked(body),
             _ => false,
         }
     }
@@ -119,10 +117,7 @@ impl KlarnaError {
     /// Klarna does not know the customer token.
     pub fn means_token_unknown(&self) -> bool {
         match self {
-            KlarnaError::Api { status, body } => unconfirmed::error_means_unknown_token(
-                *status,
-                body.error_code.as_deref().unwrap_or(""),
-            ),
+            KlarnaError::Api { body, .. } => unconfirmed::error_means_unknown_token(body),
             _ => false,
         }
     }

@@ -12,11 +12,6 @@ pub fn revoke_path(account: &str) -> String {
     format!("/v2/accounts/{account}/identity/customer-tokens/revoke")
 }
 
-/// The status Klarna answers for a revoked token. UNCONFIRMED: the docs list the error
-/// "customer token has been revoked" between 404 and 429; 410 Gone is the plausible code. We also
-/// treat any error whose code mentions REVOKED as revoked, whatever the status.
-pub const REVOKED_STATUS: u16 = 410;
-
 /// Authorize success status. UNCONFIRMED (200 assumed, 201 possible): any 2xx is success.
 pub fn is_success(status: u16) -> bool {
     (200..300).contains(&status)
@@ -40,12 +35,82 @@ pub fn authorization_header(api_key: &str) -> String {
     format!("Basic {api_key}")
 }
 
-/// Whether an error code means the customer token is revoked (code names UNCONFIRMED).
-pub fn error_means_revoked(status: u16, error_code: &str) -> bool {
-    status == REVOKED_STATUS || error_code.contains("REVOKED")
+/// Whether a Klarna error says that *this customer token* is revoked. Only an answer that names
+/// the revocation counts: an error code containing `REVOKED` (e.g. `CUSTOMER_TOKEN_REVOKED`), or
+/// Klarna's documented message "Resource customer token has been revoked". A bare status (410,
+/// 403, 404) never does, because a wrong path or a missing permission answers those too, and
+/// reading them as "revoked" would kill partners' tokens silently. UNCONFIRMED: the status
+/// (probably 410: the docs list the error between 404 and 429) and the code name.
+pub fn error_means_revoked(body: &super::types::KlarnaErrorBody) -> bool {
+    let code = body.error_code.as_deref().unwrap_or("");
+    let message = body.error_message.as_deref().unwrap_or("");
+    code.contains("REVOKED")
+        || (message.to_ascii_lowercase().contains("token")
+            && message.to_ascii_lowercase().contains("revoked"))
 }
 
-/// Whether an error code means the customer token is unknown to Klarna.
-pub fn error_means_unknown_token(status: u16, error_code: &str) -> bool {
-    (status == 404 && error_code != "NOT_FOUND_ROUTE") || error_code.contains("TOKEN_NOT_FOUND")
+/// Whether a Klarna error says that Klarna does not know *this customer token*. Only an error
+/// code that names the token counts (`CUSTOMER_TOKEN_NOT_FOUND`, `TOKEN_NOT_FOUND`). Klarna
+/// answers an unknown route `404 NOT_FOUND`, and the Identity paths are unconfirmed, so a plain
+/// 404 is a fault to report, never a reason to change a token. UNCONFIRMED: the code name
+/// (the docs only say "404: no such token").
+pub fn error_means_unknown_token(body: &super::types::KlarnaErrorBody) -> bool {
+    body.error_code
+        .as_deref()
+        .is_some_and(|c| c.contains("TOKEN_NOT_FOUND"))
+}
+
+/// What an introspection `status` other than `ACTIVE` means. UNCONFIRMED: only `ACTIVE` was
+/// seen. The names Klarna's other token APIs use for a dead token are read as revoked; any other
+/// value is unknown and changes nothing (the caller reports it).
+pub fn introspection_status_is_revoked(status: &str) -> Option<bool> {
+    match status.to_ascii_uppercase().as_str() {
+        "ACTIVE" => Some(false),
+        "REVOKED" | "CANCELLED" | "CANCELED" | "INACTIVE" => Some(true),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::klarna::types::KlarnaErrorBody;
+
+    fn body(code: &str, message: &str) -> KlarnaErrorBody {
+        KlarnaErrorBody {
+            error_code: Some(code.into()),
+            error_message: Some(message.into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_route_404_says_nothing_about_a_token() {
+        let route = body("NOT_FOUND", "Resource not found");
+        assert!(!error_means_unknown_token(&route));
+        assert!(!error_means_revoked(&route));
+        assert!(!error_means_unknown_token(&KlarnaErrorBody::default()));
+        assert!(!error_means_revoked(&KlarnaErrorBody::default()));
+        assert!(!error_means_revoked(&body("FORBIDDEN", "no access")));
+    }
+
+    #[test]
+    fn answers_that_name_the_token_count() {
+        assert!(error_means_unknown_token(&body(
+            "CUSTOMER_TOKEN_NOT_FOUND",
+            ""
+        )));
+        assert!(error_means_revoked(&body("CUSTOMER_TOKEN_REVOKED", "")));
+        assert!(error_means_revoked(&body(
+            "GONE",
+            "Resource customer token has been revoked"
+        )));
+    }
+
+    #[test]
+    fn unknown_introspection_statuses_change_nothing() {
+        assert_eq!(introspection_status_is_revoked("ACTIVE"), Some(false));
+        assert_eq!(introspection_status_is_revoked("revoked"), Some(true));
+        assert_eq!(introspection_status_is_revoked("SUSPENDED_MAYBE"), None);
+    }
 }
