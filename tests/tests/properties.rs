@@ -522,6 +522,7 @@ fn validate_charge(body: &[u8]) -> Result<(), shared::http::ApiError> {
         &b.return_url,
         "return_url",
         b.customer_present && b.app_return_url.is_none(),
+        request::UrlPolicy::default(),
     )?;
     if let Some(u) = url {
         assert!(
@@ -530,7 +531,12 @@ fn validate_charge(body: &[u8]) -> Result<(), shared::http::ApiError> {
                 || u.starts_with("http://127.0.0.1")
         );
     }
-    request::return_url(&b.app_return_url, "app_return_url", false)?;
+    request::return_url(
+        &b.app_return_url,
+        "app_return_url",
+        false,
+        request::UrlPolicy::default(),
+    )?;
     request::short_text(&b.reference, "reference", 255)?;
     request::object(b.purchase_data.clone(), "purchase_data")?;
     request::short_text(

@@ -1,14 +1,14 @@
 //! Around the authorize call: the payment presentation for the partner's selector, and
 //! cancelling or updating a step-up the customer has not finished.
 
-use crate::{load_partner, request, AuthorizeError, Deps};
+use crate::{request, AuthorizeError, Deps};
 use aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse};
 use chrono::Utc;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use shared::domain::{PaymentState, TokenState};
 use shared::http::{self as h, ApiError};
-use shared::ids::{BackendToken, PartnerId, PaymentId};
+use shared::ids::{BackendToken, NetworkSessionToken, PartnerId, PaymentId};
 use shared::klarna::{AuthorizeRequest, KlarnaError};
 use shared::payments::{self, PaymentView};
 use shared::store::records::*;
@@ -72,28 +72,60 @@ fn locale(v: Option<&str>) -> Result<Option<String>, ApiError> {
     }
 }
 
-/// `GET /v1/payment-methods?amount=&currency=&locale=&token=`.
+/// The query string, strictly: each parameter at most once (API Gateway joins repeated ones with
+/// commas, so `first()` would silently pick one), decoded from the raw string.
+fn strict_query(
+    req: &ApiGatewayV2httpRequest,
+) -> Result<std::collections::HashMap<String, String>, ApiError> {
+    let raw = req.raw_query_string.as_deref().unwrap_or("");
+    let mut out = std::collections::HashMap::new();
+    for (name, value) in url::form_urlencoded::parse(raw.as_bytes()) {
+        if out.insert(name.to_string(), value.to_string()).is_some() {
+            return Err(
+                ApiError::bad_request(format!("{name} is given more than once"))
+                    .field(name.to_string()),
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// A query amount: ASCII digits only (no sign, separators, spaces or exponent), then the body's
+/// amount rules.
+fn query_amount(text: &str) -> Result<i64, ApiError> {
+    let digits = !text.is_empty() && text.len() <= 19 && text.bytes().all(|b| b.is_ascii_digit());
+    let v = if digits {
+        text.parse::<i64>().map(Value::from).unwrap_or(Value::Null)
+    } else {
+        Value::Null
+    };
+    request::amount(&v, "amount")
+}
+
+/// `GET /v1/payment-methods?amount=&currency=&locale=&token=`, optionally with the partner's
+/// `Klarna-Network-Session-Token` header (forwarded to Klarna, never cached).
 pub async fn payment_methods(
     deps: &Deps,
-    partner_id: &PartnerId,
+    partner: &PartnerRecord,
     req: &ApiGatewayV2httpRequest,
 ) -> Result<ApiGatewayV2httpResponse, AuthorizeError> {
-    let q = |name: &str| req.query_string_parameters.first(name).map(str::to_owned);
+    let query = strict_query(req)?;
+    let q = |name: &str| query.get(name).cloned();
     let currency =
         request::currency(&Value::from(q("currency").ok_or_else(|| {
             ApiError::bad_request("currency is required").field("currency")
         })?))?;
     let amount_text =
         q("amount").ok_or_else(|| ApiError::bad_request("amount is required").field("amount"))?;
-    let amount = request::amount(
-        &amount_text
-            .parse::<i64>()
-            .map(Value::from)
-            .unwrap_or(Value::Null),
-        "amount",
-    )?;
+    let amount = query_amount(&amount_text)?;
+    let session = request::short_text(
+        &h::header(req, "klarna-network-session-token").map(str::to_owned),
+        "klarna_network_session_token",
+        8192,
+    )?
+    .map(NetworkSessionToken::new);
     let locale = locale(q("locale").as_deref())?;
-    let partner = load_partner(deps, partner_id).await?;
+    let partner_id = &partner.partner_id;
     // Personalised with the Klarna token behind a backend token of this partner only.
     let klarna_token = match q("token") {
         None => None,
@@ -125,7 +157,9 @@ pub async fn payment_methods(
         currency.clone(),
         locale.clone().unwrap_or_default(),
     );
-    if klarna_token.is_none() {
+    // Only guest answers without a session are shared: a token or a session personalises it.
+    let cacheable = klarna_token.is_none() && session.is_none();
+    if cacheable {
         if let Some(mut cached) = deps.presentation_cache.get(&key) {
             cached["amount"] = json!(amount);
             return Ok(h::json_response(
@@ -142,6 +176,7 @@ pub async fn payment_methods(
             amount,
             locale.as_deref(),
             klarna_token.as_ref(),
+            session.as_ref(),
         )
         .await
         .map_err(|e| match e {
@@ -153,7 +188,7 @@ pub async fn payment_methods(
             }
             e => klarna_refusal(&e).into(),
         })?;
-    if klarna_token.is_none() {
+    if cacheable {
         deps.presentation_cache.put(key, presentation.clone());
     }
     Ok(h::json_response(
@@ -172,7 +207,7 @@ fn klarna_refusal(e: &KlarnaError) -> ApiError {
         ),
     );
     if let KlarnaError::Api { body, .. } = e {
-        api.field = body.errors.first().and_then(|f| f.parameter.clone());
+        api.field = body.first_parameter().map(str::to_owned);
     }
     api
 }
@@ -212,10 +247,10 @@ fn not_pending(p: &PaymentRecord, action: &str) -> AuthorizeError {
 /// `DELETE /v1/payments/{id}/step-up`: cancel at Klarna, then record it with its notification.
 pub async fn cancel_step_up(
     deps: &Deps,
-    partner_id: &PartnerId,
+    partner: &PartnerRecord,
     id: &str,
 ) -> Result<ApiGatewayV2httpResponse, AuthorizeError> {
-    let partner = load_partner(deps, partner_id).await?;
+    let partner_id = &partner.partner_id;
     let payment = load_payment(deps, partner_id, id).await?;
     if payment.state == PaymentState::Canceled {
         // Idempotent: the same answer, no second notification.
@@ -288,7 +323,7 @@ struct UpdatePayment {
 /// opened the journey, at Klarna first, then here so the final authorize sends the same.
 pub async fn update_payment(
     deps: &Deps,
-    partner_id: &PartnerId,
+    partner: &PartnerRecord,
     id: &str,
     req: &ApiGatewayV2httpRequest,
 ) -> Result<ApiGatewayV2httpResponse, AuthorizeError> {
@@ -305,7 +340,7 @@ pub async fn update_payment(
             .field("amount")
             .into());
     }
-    let partner = load_partner(deps, partner_id).await?;
+    let partner_id = &partner.partner_id;
     let payment = load_payment(deps, partner_id, id).await?;
     let in_journey = payment.payment_request_state.as_deref() != Some("SUBMITTED");
     let Some(pr) = payment

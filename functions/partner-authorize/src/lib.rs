@@ -30,6 +30,8 @@ pub struct Deps {
     pub klarna: KlarnaClient,
     /// Guest payment presentations, per container (see [`checkout::PRESENTATION_TTL`]).
     pub presentation_cache: checkout::PresentationCache,
+    /// Which return URLs partners may send (https only unless configured for local development).
+    pub url_policy: request::UrlPolicy,
 }
 
 impl Deps {
@@ -38,6 +40,7 @@ impl Deps {
             store,
             klarna,
             presentation_cache: checkout::PresentationCache::default(),
+            url_policy: request::UrlPolicy::default(),
         }
     }
 }
@@ -110,32 +113,35 @@ async fn route(
     let partner_id = h::partner_id(req)
         .ok_or_else(|| ApiError::new(401, "unauthorized", "no partner identity"))?;
     tracing::Span::current().record("partner_id", partner_id.as_str());
+    // The partner first, on every route: a disabled partner gets nothing, replays included.
+    let partner = load_partner(deps, &partner_id).await?;
+    let partner = &partner;
     let path = h::path(req).to_owned();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (h::method(req), segments.as_slice()) {
         ("POST", ["v1", "payments"]) => {
             tracing::Span::current().record("route", "create_payment");
-            create_payment(deps, &partner_id, req).await
+            create_payment(deps, partner, req).await
         }
         ("GET", ["v1", "payments", id]) => {
             tracing::Span::current().record("route", "get_payment");
-            get_payment(deps, &partner_id, id).await
+            get_payment(deps, partner, id).await
         }
         ("GET", ["v1", "payment-methods"]) => {
             tracing::Span::current().record("route", "payment_methods");
-            checkout::payment_methods(deps, &partner_id, req).await
+            checkout::payment_methods(deps, partner, req).await
         }
         ("DELETE", ["v1", "payments", id, "step-up"]) => {
             tracing::Span::current().record("route", "cancel_step_up");
-            checkout::cancel_step_up(deps, &partner_id, id).await
+            checkout::cancel_step_up(deps, partner, id).await
         }
         ("PATCH", ["v1", "payments", id]) => {
             tracing::Span::current().record("route", "update_payment");
-            checkout::update_payment(deps, &partner_id, id, req).await
+            checkout::update_payment(deps, partner, id, req).await
         }
         ("POST", ["v1", "tokens", token, "charges"]) => {
             tracing::Span::current().record("route", "charge_token");
-            charge_token(deps, &partner_id, token, req).await
+            charge_token(deps, partner, token, req).await
         }
         _ => Err(ApiError::new(404, "route_not_found", "no such route").into()),
     }
@@ -154,17 +160,19 @@ pub(crate) async fn load_partner(
 
 async fn get_payment(
     deps: &Deps,
-    partner_id: &PartnerId,
+    partner: &PartnerRecord,
     id: &str,
 ) -> Result<ApiGatewayV2httpResponse, AuthorizeError> {
     if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
     {
         return Err(ApiError::not_found("payment").into());
     }
-    load_partner(deps, partner_id).await?;
     let p: Option<PaymentRecord> = deps
         .store
-        .get(&partner_pk(partner_id), &payment_sk(&PaymentId::new(id)))
+        .get(
+            &partner_pk(&partner.partner_id),
+            &payment_sk(&PaymentId::new(id)),
+        )
         .await?;
     // Another partner's payment does not exist for this partner (rule R6).
     let p = p.ok_or_else(|| ApiError::not_found("payment"))?;
@@ -185,19 +193,27 @@ pub struct Plan {
 
 async fn create_payment(
     deps: &Deps,
-    partner_id: &PartnerId,
+    partner: &PartnerRecord,
     req: &ApiGatewayV2httpRequest,
 ) -> Result<ApiGatewayV2httpResponse, AuthorizeError> {
     let key = idempotency::key(h::header(req, "idempotency-key"))?;
     let body = h::body_bytes(req, BODY_LIMIT)?;
-    let (plan, canonical) = plan_payment(&body)?;
-    run(deps, partner_id, "payments", &key, &canonical, plan).await
+    let (plan, canonical) = plan_payment_with(&body, deps.url_policy)?;
+    run(deps, partner, "payments", &key, &canonical, plan).await
+}
+
+/// [`plan_payment_with`] under the production URL policy (https only).
+pub fn plan_payment(body: &[u8]) -> Result<(Plan, serde_json::Value), ApiError> {
+    plan_payment_with(body, request::UrlPolicy::default())
 }
 
 /// Validates a `POST /v1/payments` body and maps it to Klarna's authorize request; also returns
 /// the parsed body for the idempotency fingerprint. Pure: the per-request CPU of the route lives
 /// here.
-pub fn plan_payment(body: &[u8]) -> Result<(Plan, serde_json::Value), ApiError> {
+pub fn plan_payment_with(
+    body: &[u8],
+    url_policy: request::UrlPolicy,
+) -> Result<(Plan, serde_json::Value), ApiError> {
     let request::Parsed { body: b, canonical } = request::parse::<CreatePayment>(body)?;
     let currency = request::currency(&b.currency)?;
     let amount = b
@@ -215,8 +231,15 @@ pub fn plan_payment(body: &[u8]) -> Result<(Plan, serde_json::Value), ApiError> 
             ApiError::bad_request("amount is required unless a token is requested").field("amount"),
         );
     }
-    let return_url = request::return_url(&b.return_url, "return_url", b.app_return_url.is_none())?;
-    let app_return_url = request::app_return_url(&b.app_return_url)?;
+    let return_url = request::return_url(
+        &b.return_url,
+        "return_url",
+        b.app_return_url.is_none(),
+        url_policy,
+    )?;
+    let app_return_url = request::app_return_url(&b.app_return_url, url_policy)?;
+    let network_data = request::network_data(&b.klarna_network_data)?;
+    let interaction_expiry = request::step_up_expiry(&b.step_up_expiry_minutes)?;
     let reference = request::short_text(&b.reference, "reference", 255)?;
     let purchase_data = request::object(b.purchase_data, "purchase_data")?;
     let session = request::short_text(
@@ -245,6 +268,7 @@ pub fn plan_payment(body: &[u8]) -> Result<(Plan, serde_json::Value), ApiError> 
                     method: "HANDOVER".into(),
                     return_url,
                     app_return_url,
+                    interaction_expiry,
                 },
             }),
             request_payment_transaction: amount.map(|amount| RequestPaymentTransaction {
@@ -256,6 +280,7 @@ pub fn plan_payment(body: &[u8]) -> Result<(Plan, serde_json::Value), ApiError> 
                 scopes,
                 customer_token_reference: None,
             }),
+            klarna_network_data: network_data,
         },
         partner_session_token: session.map(NetworkSessionToken::new),
         token: None,
@@ -266,7 +291,7 @@ pub fn plan_payment(body: &[u8]) -> Result<(Plan, serde_json::Value), ApiError> 
 
 async fn charge_token(
     deps: &Deps,
-    partner_id: &PartnerId,
+    partner: &PartnerRecord,
     token: &str,
     req: &ApiGatewayV2httpRequest,
 ) -> Result<ApiGatewayV2httpResponse, AuthorizeError> {
@@ -287,8 +312,11 @@ async fn charge_token(
         &b.return_url,
         "return_url",
         b.customer_present && b.app_return_url.is_none(),
+        deps.url_policy,
     )?;
-    let app_return_url = request::app_return_url(&b.app_return_url)?;
+    let app_return_url = request::app_return_url(&b.app_return_url, deps.url_policy)?;
+    let network_data = request::network_data(&b.klarna_network_data)?;
+    let interaction_expiry = request::step_up_expiry(&b.step_up_expiry_minutes)?;
     let reference = request::short_text(&b.reference, "reference", 255)?;
     let purchase_data = request::object(b.purchase_data, "purchase_data")?;
     let session = request::short_text(
@@ -303,15 +331,21 @@ async fn charge_token(
     canonical["__token"] = serde_json::Value::String(payments::token_hash(&backend_token));
     // A replay of a completed charge answers as the first time did, even if the token has been
     // revoked since.
-    if let Some(replay) =
-        idempotency::completed_replay(&deps.store, partner_id, "charges", &key, &canonical).await?
+    if let Some(replay) = idempotency::completed_replay(
+        &deps.store,
+        &partner.partner_id,
+        "charges",
+        &key,
+        &canonical,
+    )
+    .await?
     {
         return Ok(replay);
     }
     let record: Option<TokenRecord> = deps
         .store
         .get(
-            &partner_pk(partner_id),
+            &partner_pk(&partner.partner_id),
             &token_sk(&payments::token_hash(&backend_token)),
         )
         .await?;
@@ -363,6 +397,7 @@ async fn charge_token(
                     method: "HANDOVER".into(),
                     return_url,
                     app_return_url,
+                    interaction_expiry,
                 },
             }),
             request_payment_transaction: Some(RequestPaymentTransaction {
@@ -371,26 +406,27 @@ async fn charge_token(
                 payment_transaction_reference: None,
             }),
             request_customer_token: None,
+            klarna_network_data: network_data,
         },
         partner_session_token: session.map(NetworkSessionToken::new),
         token: Some((record, klarna_token)),
         requested_scopes: Vec::new(),
     };
-    run(deps, partner_id, "charges", &key, &canonical, plan).await
+    run(deps, partner, "charges", &key, &canonical, plan).await
 }
 
 /// The authorize flow shared by every route: idempotency claim, a PENDING payment, Klarna, then
 /// the outcome, its notification and the stored answer in one transaction.
 async fn run(
     deps: &Deps,
-    partner_id: &PartnerId,
+    partner: &PartnerRecord,
     route: &str,
     key: &str,
     canonical: &serde_json::Value,
     mut plan: Plan,
 ) -> Result<ApiGatewayV2httpResponse, AuthorizeError> {
     let now = Utc::now();
-    let partner = load_partner(deps, partner_id).await?;
+    let partner_id = &partner.partner_id;
     let hash = idempotency::request_hash(route, canonical);
     let claim = match idempotency::claim(&deps.store, partner_id, route, key, &hash, now).await?? {
         idempotency::Claim::Replay { status, body } => {
@@ -407,7 +443,7 @@ async fn run(
     ));
     let result = Box::pin(authorize(
         deps,
-        &partner,
+        partner,
         &payment_id,
         &claim,
         &mut plan,
@@ -607,7 +643,7 @@ async fn authorize(
                         body.error_code
                             .clone()
                             .unwrap_or_else(|| "KLARNA_ERROR".into()),
-                        body.errors.first().and_then(|f| f.parameter.clone()),
+                        body.first_parameter().map(str::to_owned),
                     ),
                     _ => ("KLARNA_ERROR".into(), None),
                 };

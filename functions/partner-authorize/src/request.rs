@@ -5,6 +5,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use shared::domain::Scope;
 use shared::http::ApiError;
+use shared::klarna::InteractionExpiry;
 
 /// Currencies Klarna's markets use. Anything else is refused before Klarna is called.
 pub const CURRENCIES: [&str; 16] = [
@@ -27,9 +28,13 @@ pub struct CreatePayment {
     pub purchase_data: Option<Value>,
     /// The partner's Klarna network session token (interoperability), forwarded unmodified.
     pub klarna_network_session_token: Option<String>,
+    /// Klarna network data (a serialized JSON string in Klarna's schema), forwarded unmodified.
+    pub klarna_network_data: Option<String>,
     pub payment_option_id: Option<String>,
     pub return_url: Option<String>,
     pub app_return_url: Option<String>,
+    /// How long the customer has to finish a step-up, in minutes (Klarna: 15 min to 48 h).
+    pub step_up_expiry_minutes: Option<Value>,
     pub request_token: Option<RequestToken>,
 }
 
@@ -49,9 +54,11 @@ pub struct ChargeToken {
     pub reference: Option<String>,
     pub purchase_data: Option<Value>,
     pub klarna_network_session_token: Option<String>,
+    pub klarna_network_data: Option<String>,
     pub payment_option_id: Option<String>,
     pub return_url: Option<String>,
     pub app_return_url: Option<String>,
+    pub step_up_expiry_minutes: Option<Value>,
 }
 
 /// A request body: typed, and as parsed JSON (keys sorted), which is the input of the idempotency
@@ -134,77 +141,177 @@ pub fn scopes(values: &[Value]) -> Result<Vec<Scope>, ApiError> {
     Ok(out)
 }
 
-/// A return URL: https, or http on localhost for local development.
+/// Which return URLs are accepted. Production accepts https only; plain http to the loopback
+/// host is a local-development switch (`RETURN_URL_ALLOW_HTTP_LOOPBACK`, off in the template).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UrlPolicy {
+    pub allow_http_loopback: bool,
+}
+
+/// Longest URL accepted, in characters.
+pub const MAX_URL_CHARS: usize = 2048;
+
+/// Whether a parsed URL's host is this machine, compared on the parsed host, so look-alikes
+/// (`localhost.attacker.example`, `localhost@attacker.example`, `127.0.0.1.attacker.example`) fail.
+fn is_loopback(u: &url::Url) -> bool {
+    match u.host() {
+        Some(url::Host::Domain(d)) => d == "localhost",
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+/// The URL as written has `scheme://` and then a host: parsers repair `https:///x`,
+/// `https:x` and backslashes into a host the partner never wrote, so such forms are refused.
+fn written_with_authority(raw: &str, scheme: &str) -> bool {
+    raw.get(scheme.len()..)
+        .and_then(|rest| rest.strip_prefix("://"))
+        .is_some_and(|rest| !rest.starts_with('/') && !rest.is_empty())
+        && !raw.contains('\\')
+}
+
+/// Partner strings that reach Klarna carry no control characters (NUL, ESC, DEL, newlines...).
+fn has_control(s: &str) -> bool {
+    s.chars().any(char::is_control)
+}
+
+/// A return URL: https with a host, or http on the loopback host where [`UrlPolicy`] allows it.
+/// Checked on the parsed URL; the partner's string is forwarded as sent (Klarna's `{klarna.…}`
+/// placeholders must survive, and a parser would percent-encode their braces).
 pub fn return_url(
     v: &Option<String>,
     field: &str,
     required: bool,
+    policy: UrlPolicy,
 ) -> Result<Option<String>, ApiError> {
-    match v {
-        None if required => Err(ApiError::bad_request(
-            "a return URL is required for the step-up handover",
-        )
-        .field(field)),
-        None => Ok(None),
-        Some(u) => {
-            let ok = u.len() <= 2048
-                && (u.starts_with("https://")
-                    || u.starts_with("http://localhost")
-                    || u.starts_with("http://127.0.0.1"))
-                && !u.chars().any(char::is_whitespace);
-            if ok {
-                Ok(Some(u.clone()))
-            } else {
-                Err(
-                    ApiError::bad_request("return URLs must be https (or http on localhost)")
-                        .field(field),
-                )
-            }
-        }
+    let refuse = || {
+        ApiError::bad_request(if policy.allow_http_loopback {
+            "return URLs must be https (or http on the loopback host)"
+        } else {
+            "return URLs must be https"
+        })
+        .field(field)
+    };
+    let Some(raw) = v else {
+        return if required {
+            Err(
+                ApiError::bad_request("a return URL is required for the step-up handover")
+                    .field(field),
+            )
+        } else {
+            Ok(None)
+        };
+    };
+    if raw.chars().count() > MAX_URL_CHARS || has_control(raw) || raw.contains(char::is_whitespace)
+    {
+        return Err(refuse());
     }
+    let u = url::Url::parse(raw).map_err(|_| refuse())?;
+    if !written_with_authority(raw, u.scheme()) {
+        return Err(refuse());
+    }
+    let ok = match u.scheme() {
+        "https" => u.host().is_some(),
+        "http" => policy.allow_http_loopback && is_loopback(&u),
+        _ => false,
+    };
+    if !ok || !u.username().is_empty() || u.password().is_some() {
+        return Err(refuse());
+    }
+    Ok(Some(raw.clone()))
 }
 
 /// An app return URL: a custom scheme deep link (`shopapp://...`) or https; never a scheme that
-/// runs or reads something (`javascript:`, `data:`, `file:`), never plain http off localhost.
-pub fn app_return_url(v: &Option<String>) -> Result<Option<String>, ApiError> {
-    let Some(u) = v else { return Ok(None) };
+/// runs or reads something (`javascript:`, `data:`, `file:`), never plain http (except on the
+/// loopback host where [`UrlPolicy`] allows it).
+pub fn app_return_url(v: &Option<String>, policy: UrlPolicy) -> Result<Option<String>, ApiError> {
+    let Some(raw) = v else { return Ok(None) };
     let refuse = || {
         Err(ApiError::bad_request(
             "app_return_url must be an app deep link (scheme://...) or https",
         )
         .field("app_return_url"))
     };
-    let Some((scheme, rest)) = u.split_once("://") else {
-        return refuse();
-    };
-    let scheme_ok = !scheme.is_empty()
-        && scheme.len() <= 32
-        && scheme.starts_with(|c: char| c.is_ascii_lowercase())
-        && scheme
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+.-".contains(c));
-    let forbidden = matches!(scheme, "javascript" | "data" | "file" | "vbscript" | "ftp");
-    let http_off_localhost =
-        scheme == "http" && !(rest.starts_with("localhost") || rest.starts_with("127.0.0.1"));
-    if !scheme_ok
-        || forbidden
-        || http_off_localhost
-        || rest.is_empty()
-        || u.len() > 2048
-        || u.chars().any(char::is_whitespace)
+    if raw.chars().count() > MAX_URL_CHARS
+        || has_control(raw)
+        || raw.contains(char::is_whitespace)
+        || !raw.contains("://")
     {
         return refuse();
     }
-    Ok(Some(u.clone()))
+    let Ok(u) = url::Url::parse(raw) else {
+        return refuse();
+    };
+    let scheme = u.scheme();
+    // The parser lowercases schemes; the partner's must already be lowercase.
+    let scheme_ok = raw.starts_with(scheme)
+        && scheme.len() <= 32
+        && scheme.starts_with(|c: char| c.is_ascii_lowercase());
+    if !written_with_authority(raw, scheme) && matches!(scheme, "http" | "https") {
+        return refuse();
+    }
+    let allowed = match scheme {
+        "javascript" | "data" | "file" | "vbscript" | "ftp" | "blob" | "about" => false,
+        "https" => u.host().is_some(),
+        "http" => policy.allow_http_loopback && is_loopback(&u),
+        // A deep link needs something after `scheme://`.
+        _ => raw.len() > scheme.len() + 3,
+    };
+    if !scheme_ok || !allowed || !u.username().is_empty() || u.password().is_some() {
+        return refuse();
+    }
+    Ok(Some(raw.clone()))
 }
 
+/// Free text of at most `max` characters (Unicode scalar values, as the contract says), without
+/// control characters.
 pub fn short_text(v: &Option<String>, field: &str, max: usize) -> Result<Option<String>, ApiError> {
     match v {
-        Some(s) if s.is_empty() || s.len() > max || s.chars().any(char::is_control) => Err(
+        Some(s) if s.is_empty() || s.chars().count() > max || has_control(s) => Err(
             ApiError::bad_request(format!("{field} must be 1 to {max} printable characters"))
                 .field(field),
         ),
         other => Ok(other.clone()),
+    }
+}
+
+/// Longest `klarna_network_data` accepted, in characters (the body limit bounds it anyway).
+pub const MAX_NETWORK_DATA_CHARS: usize = 32 * 1024;
+
+/// Klarna network data: Klarna's own serialized JSON, forwarded exactly as received and never
+/// interpreted. Only its size and control characters are checked (JSON whitespace is allowed).
+pub fn network_data(v: &Option<String>) -> Result<Option<String>, ApiError> {
+    match v {
+        Some(s)
+            if s.is_empty()
+                || s.chars().count() > MAX_NETWORK_DATA_CHARS
+                || s.chars()
+                    .any(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r')) =>
+        {
+            Err(ApiError::bad_request(format!(
+                "klarna_network_data must be 1 to {MAX_NETWORK_DATA_CHARS} characters of Klarna's serialized JSON"
+            ))
+            .field("klarna_network_data"))
+        }
+        other => Ok(other.clone()),
+    }
+}
+
+/// Klarna's bounds for a step-up's lifetime.
+pub const STEP_UP_EXPIRY_MINUTES: std::ops::RangeInclusive<i64> = 15..=2880;
+
+/// The partner's step-up lifetime, as Klarna's `interaction_expiry` object.
+pub fn step_up_expiry(v: &Option<Value>) -> Result<Option<InteractionExpiry>, ApiError> {
+    let Some(v) = v else { return Ok(None) };
+    match v.as_i64().filter(|_| v.is_i64() || v.is_u64()) {
+        Some(m) if STEP_UP_EXPIRY_MINUTES.contains(&m) => Ok(Some(InteractionExpiry::minutes(m))),
+        _ => Err(ApiError::bad_request(format!(
+            "step_up_expiry_minutes must be an integer from {} to {}",
+            STEP_UP_EXPIRY_MINUTES.start(),
+            STEP_UP_EXPIRY_MINUTES.end()
+        ))
+        .field("step_up_expiry_minutes")),
     }
 }
 
@@ -261,31 +368,133 @@ mod tests {
         assert!(parse::<CreatePayment>(b"{").is_err());
     }
 
+    const STRICT: UrlPolicy = UrlPolicy {
+        allow_http_loopback: false,
+    };
+    const LOCAL: UrlPolicy = UrlPolicy {
+        allow_http_loopback: true,
+    };
+
     #[test]
     fn app_links() {
-        assert!(app_return_url(&Some("shopapp://klarna/return".into()))
-            .unwrap()
-            .is_some());
-        assert!(app_return_url(&Some("https://shop.example/app".into()))
-            .unwrap()
-            .is_some());
+        for good in [
+            "shopapp://klarna/return",
+            "https://shop.example/app",
+            "shop.app-1+x://r?id={klarna.payment_request.id}",
+        ] {
+            assert_eq!(
+                app_return_url(&Some(good.into()), STRICT)
+                    .unwrap()
+                    .as_deref(),
+                Some(good),
+                "forwarded as sent"
+            );
+        }
         for bad in [
             "javascript://alert(1)",
             "data://x",
             "http://evil.example/x",
+            "http://localhost/x",
             "noscheme",
             "Shop App://x",
+            "ShopApp://x",
             "shopapp://",
+            "shopapp://x\u{0}",
+            "shopapp://x\u{1b}[2J",
+            "shopapp://x\u{7f}",
+            "https://user:pw@shop.example/",
         ] {
-            assert!(app_return_url(&Some(bad.into())).is_err(), "{bad}");
+            assert!(
+                app_return_url(&Some(bad.into()), STRICT).is_err(),
+                "{bad:?}"
+            );
         }
+        assert!(app_return_url(&Some("http://localhost:8080/x".into()), LOCAL).is_ok());
+        assert!(app_return_url(&Some("http://localhost.evil.example/x".into()), LOCAL).is_err());
     }
 
     #[test]
     fn urls() {
-        assert!(return_url(&Some("https://shop.example/ok".into()), "return_url", true).is_ok());
-        assert!(return_url(&Some("http://evil.example".into()), "return_url", true).is_err());
-        assert!(return_url(&None, "return_url", true).is_err());
-        assert!(return_url(&None, "return_url", false).unwrap().is_none());
+        let ok = |u: &str, p| return_url(&Some(u.into()), "return_url", true, p);
+        assert_eq!(
+            ok(
+                "https://shop.example/ok?pr={klarna.payment_request.id}",
+                STRICT
+            )
+            .unwrap()
+            .as_deref(),
+            Some("https://shop.example/ok?pr={klarna.payment_request.id}"),
+            "placeholders are forwarded untouched"
+        );
+        assert!(return_url(&None, "return_url", true, STRICT).is_err());
+        assert!(return_url(&None, "return_url", false, STRICT)
+            .unwrap()
+            .is_none());
+        assert!(ok("http://localhost:3000/r", LOCAL).is_ok());
+        assert!(ok("http://127.0.0.1/r", LOCAL).is_ok());
+        assert!(ok("http://[::1]/r", LOCAL).is_ok());
+        // Hostile forms: look-alike hosts, credentials, control characters, other schemes.
+        for bad in [
+            "http://evil.example",
+            "http://localhost/r",
+            "https://",
+            "https:///path",
+            "https:shop.example",
+            "https://shop.example\\@evil.example/",
+            "https://shop.example/\u{0}",
+            "https://shop.example/\u{1b}x",
+            "https://shop.example/\u{7f}",
+            "https://shop.example/a\tb",
+            "https://shop.example/a\nb",
+            "https://user@shop.example/",
+            "ftp://shop.example/",
+            "javascript:alert(1)",
+        ] {
+            assert!(ok(bad, STRICT).is_err(), "{bad:?}");
+        }
+        for bad in [
+            "http://localhost.attacker.example/r",
+            "http://localhost@attacker.example/r",
+            "http://127.0.0.1.attacker.example/r",
+            "http://127.0.0.1@attacker.example/r",
+            "http://attacker.example/localhost",
+            "http://localhost:80@attacker.example/",
+        ] {
+            assert!(ok(bad, LOCAL).is_err(), "{bad:?}");
+        }
+        let long = format!("https://shop.example/{}", "a".repeat(MAX_URL_CHARS));
+        assert!(ok(&long, STRICT).is_err());
+    }
+
+    #[test]
+    fn text_lengths_are_characters_not_bytes() {
+        let five_chars = "ééééé"; // 10 bytes
+        assert!(short_text(&Some(five_chars.into()), "reference", 5).is_ok());
+        assert!(short_text(&Some("éééééé".into()), "reference", 5).is_err());
+        assert!(short_text(&Some("a\u{1b}b".into()), "reference", 5).is_err());
+    }
+
+    #[test]
+    fn network_data_is_forwarded_as_sent() {
+        let data = "{\"content_type\":\"application/vnd.klarna.interoperability-data.v2+json\",\n \"content\":{}}";
+        assert_eq!(
+            network_data(&Some(data.into())).unwrap().as_deref(),
+            Some(data)
+        );
+        assert!(network_data(&Some(String::new())).is_err());
+        assert!(network_data(&Some("{\u{0}}".into())).is_err());
+        assert!(network_data(&Some("x".repeat(MAX_NETWORK_DATA_CHARS + 1))).is_err());
+    }
+
+    #[test]
+    fn step_up_expiry_is_klarnas_object_form_within_bounds() {
+        assert_eq!(step_up_expiry(&None).unwrap(), None);
+        assert_eq!(
+            serde_json::to_value(step_up_expiry(&Some(json!(30))).unwrap()).unwrap(),
+            json!({"duration": "PT30M"})
+        );
+        for bad in [json!(14), json!(2881), json!(30.5), json!("30"), json!(-1)] {
+            assert!(step_up_expiry(&Some(bad.clone())).is_err(), "{bad}");
+        }
     }
 }

@@ -191,7 +191,7 @@ impl KlarnaClient {
         if let Some(t) = &headers.network_session_token {
             extra.push(("Klarna-Network-Session-Token", t.expose().to_owned()));
         }
-        self.send_json(Method::POST, &path, Some(body), &extra)
+        self.send_json(account, Method::POST, &path, Some(body), &extra)
             .await
     }
 
@@ -202,7 +202,8 @@ impl KlarnaClient {
         id: &PaymentRequestId,
     ) -> Result<serde_json::Value, KlarnaError> {
         let path = format!("/v2/accounts/{account}/payment/requests/{id}");
-        self.send_json::<(), _>(Method::GET, &path, None, &[]).await
+        self.send_json::<(), _>(account, Method::GET, &path, None, &[])
+            .await
     }
 
     /// Cancels a payment request (only SUBMITTED / IN_PROGRESS, or COMPLETED before final authorize).
@@ -212,7 +213,7 @@ impl KlarnaClient {
         id: &PaymentRequestId,
     ) -> Result<serde_json::Value, KlarnaError> {
         let path = format!("/v2/accounts/{account}/payment/requests/{id}");
-        self.send_json::<(), _>(Method::DELETE, &path, None, &[])
+        self.send_json::<(), _>(account, Method::DELETE, &path, None, &[])
             .await
     }
 
@@ -224,11 +225,23 @@ impl KlarnaClient {
         body: &serde_json::Value,
     ) -> Result<serde_json::Value, KlarnaError> {
         let path = format!("/v2/accounts/{account}/payment/requests/{id}");
-        self.send_json(Method::PUT, &path, Some(body), &[]).await
+        let [first, fallback] = unconfirmed::UPDATE_PAYMENT_REQUEST_VERBS
+            .map(|v| Method::from_bytes(v.as_bytes()).expect("a valid HTTP method"));
+        match self.send_json(account, first, &path, Some(body), &[]).await {
+            Err(e) if e.status() == Some(405) => {
+                tracing::warn!(
+                    klarna_path = "payment/requests/{id}",
+                    "Klarna refused the update verb; retrying with the other documented one"
+                );
+                self.send_json(account, fallback, &path, Some(body), &[])
+                    .await
+            }
+            other => other,
+        }
     }
 
     /// Payment Presentation API: what to show in the partner's payment selector, personalised
-    /// when the customer's Klarna token is given.
+    /// when the customer's Klarna token or the partner's network session token is given.
     pub async fn presentation(
         &self,
         account: &KlarnaAccountId,
@@ -236,6 +249,7 @@ impl KlarnaClient {
         amount: i64,
         locale: Option<&str>,
         customer_token: Option<&CustomerToken>,
+        network_session_token: Option<&NetworkSessionToken>,
     ) -> Result<serde_json::Value, KlarnaError> {
         let mut path = format!(
             "/v2/accounts/{account}/payment/presentation?currency={currency}&amount={amount}&intents[]=PAY"
@@ -243,10 +257,14 @@ impl KlarnaClient {
         if let Some(l) = locale {
             path.push_str(&format!("&locale={l}"));
         }
-        let headers: Vec<(&str, String)> = customer_token
-            .map(|t| vec![("Klarna-Customer-Token", t.expose().to_owned())])
-            .unwrap_or_default();
-        self.send_json::<(), _>(Method::GET, &path, None, &headers)
+        let mut headers: Vec<(&str, String)> = Vec::new();
+        if let Some(t) = customer_token {
+            headers.push(("Klarna-Customer-Token", t.expose().to_owned()));
+        }
+        if let Some(t) = network_session_token {
+            headers.push(("Klarna-Network-Session-Token", t.expose().to_owned()));
+        }
+        self.send_json::<(), _>(account, Method::GET, &path, None, &headers)
             .await
     }
 
@@ -258,8 +276,14 @@ impl KlarnaClient {
     ) -> Result<TokenIntrospection, KlarnaError> {
         let path = unconfirmed::introspect_path(account.as_str());
         let headers = [("X-Klarna-Customer-Token", token.expose().to_owned())];
-        self.send_json(Method::POST, &path, Some(&serde_json::json!({})), &headers)
-            .await
+        self.send_json(
+            account,
+            Method::POST,
+            &path,
+            Some(&serde_json::json!({})),
+            &headers,
+        )
+        .await
     }
 
     /// Identity API: revoke a customer token.
@@ -271,6 +295,7 @@ impl KlarnaClient {
         let path = unconfirmed::revoke_path(account.as_str());
         let headers = [("X-Klarna-Customer-Token", token.expose().to_owned())];
         self.send_json::<_, serde_json::Value>(
+            account,
             Method::POST,
             &path,
             Some(&serde_json::json!({})),
@@ -282,12 +307,21 @@ impl KlarnaClient {
 
     async fn send_json<B: Serialize + ?Sized, R: DeserializeOwned>(
         &self,
+        account: &KlarnaAccountId,
         method: Method,
         path: &str,
         body: Option<&B>,
         headers: &[(&str, String)],
     ) -> Result<R, KlarnaError> {
         let url = format!("{}{}", self.base_url, path);
+        // Every call is tagged with the integrator and the partner it is made for.
+        let mut tagged: Vec<(&str, String)> = Vec::with_capacity(headers.len() + 1);
+        tagged.push((
+            unconfirmed::INTEGRATION_METADATA_HEADER,
+            unconfirmed::integration_metadata(env!("CARGO_PKG_VERSION"), account.as_str()),
+        ));
+        tagged.extend(headers.iter().cloned());
+        let headers = tagged.as_slice();
         let payload = match body {
             Some(b) => Some(serde_json::to_vec(b).map_err(|e| KlarnaError::Config(e.to_string()))?),
             None => None,

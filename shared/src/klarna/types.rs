@@ -22,6 +22,11 @@ pub struct AuthorizeRequest {
     pub request_payment_transaction: Option<RequestPaymentTransaction>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub request_customer_token: Option<RequestCustomerToken>,
+    /// The partner's Klarna network data, forwarded byte for byte, and sent again on the final
+    /// call with the rest of the payload. Where it travels is a choice:
+    /// [`super::unconfirmed::NETWORK_DATA_IN_BODY`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub klarna_network_data: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -39,6 +44,23 @@ pub struct CustomerInteractionConfig {
     pub return_url: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub app_return_url: Option<String>,
+    /// How long the payment request stays open (default 3 h at Klarna).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interaction_expiry: Option<InteractionExpiry>,
+}
+
+/// Klarna's `interaction_expiry` object: an ISO 8601 duration, 15 minutes to 48 hours.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct InteractionExpiry {
+    pub duration: String,
+}
+
+impl InteractionExpiry {
+    pub fn minutes(m: i64) -> Self {
+        Self {
+            duration: format!("PT{m}M"),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -227,8 +249,36 @@ pub struct KlarnaErrorBody {
     pub error_code: Option<String>,
     #[serde(default)]
     pub error_message: Option<String>,
+    /// Older pages: `errors[{parameter, error_message}]`.
     #[serde(default)]
     pub errors: Vec<KlarnaFieldError>,
+    /// Newer pages: `validation_errors[{parameter, reason, doc_url}]`. Both are read.
+    #[serde(default)]
+    pub validation_errors: Vec<KlarnaValidationError>,
+}
+
+impl KlarnaErrorBody {
+    /// The first request parameter Klarna named as wrong, from either error list.
+    pub fn first_parameter(&self) -> Option<&str> {
+        self.validation_errors
+            .iter()
+            .filter_map(|e| e.parameter.as_deref())
+            .chain(self.errors.iter().filter_map(|e| e.parameter.as_deref()))
+            .next()
+    }
+
+    /// Klarna's reason for the first named parameter, from either error list.
+    pub fn first_reason(&self) -> Option<&str> {
+        self.validation_errors
+            .iter()
+            .filter_map(|e| e.reason.as_deref())
+            .chain(
+                self.errors
+                    .iter()
+                    .filter_map(|e| e.error_message.as_deref()),
+            )
+            .next()
+    }
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
@@ -237,6 +287,16 @@ pub struct KlarnaFieldError {
     pub parameter: Option<String>,
     #[serde(default)]
     pub error_message: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+pub struct KlarnaValidationError {
+    #[serde(default)]
+    pub parameter: Option<String>,
+    #[serde(default)]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub doc_url: Option<String>,
 }
 
 /// Identity API introspection.
