@@ -140,6 +140,8 @@ pub struct KlarnaClient {
     base_url: String,
     auth: SecretString,
     retry: RetryPolicy,
+    /// The integrator part of `Klarna-Integration-Metadata`, built once.
+    integrator: String,
 }
 
 impl std::fmt::Debug for KlarnaClient {
@@ -171,6 +173,7 @@ impl KlarnaClient {
             base_url: config.base_url.trim_end_matches('/').to_owned(),
             auth: SecretString::new(unconfirmed::authorization_header(config.api_key.expose())),
             retry: config.retry,
+            integrator: unconfirmed::integrator_json(env!("CARGO_PKG_VERSION")),
         })
     }
 
@@ -318,7 +321,7 @@ impl KlarnaClient {
         let mut tagged: Vec<(&str, String)> = Vec::with_capacity(headers.len() + 1);
         tagged.push((
             unconfirmed::INTEGRATION_METADATA_HEADER,
-            unconfirmed::integration_metadata(env!("CARGO_PKG_VERSION"), account.as_str()),
+            unconfirmed::integration_metadata(&self.integrator, account.as_str()),
         ));
         tagged.extend(headers.iter().cloned());
         let headers = tagged.as_slice();

@@ -27,18 +27,24 @@ pub const INTEGRATION_METADATA_HEADER: &str = "Klarna-Integration-Metadata";
 /// This backend's name as an integrator.
 pub const INTEGRATOR_NAME: &str = "KLARNA_TOKEN_BACKEND";
 
-/// The originator of a call is the partner, named by its Klarna partner account (the identity
-/// Klarna already knows it by). UNCONFIRMED: which originator field carries it; chosen `name`.
-pub fn integration_metadata(integrator_version: &str, partner_account: &str) -> String {
+/// The integrator part of the tagging header, built once per client.
+pub fn integrator_json(integrator_version: &str) -> String {
     serde_json::json!({
-        "integrator": {
-            "name": INTEGRATOR_NAME,
-            "module_name": "klarna-token-backend",
-            "module_version": integrator_version,
-        },
-        "originators": [{ "name": partner_account }],
+        "name": INTEGRATOR_NAME,
+        "module_name": "klarna-token-backend",
+        "module_version": integrator_version,
     })
     .to_string()
+}
+
+/// The tagging header for one call. The originator is the partner, named by its Klarna partner
+/// account (the identity Klarna already knows it by). UNCONFIRMED: which originator field
+/// carries it; chosen `name`.
+pub fn integration_metadata(integrator_json: &str, partner_account: &str) -> String {
+    format!(
+        r#"{{"integrator":{integrator_json},"originators":[{{"name":{}}}]}}"#,
+        serde_json::Value::from(partner_account)
+    )
 }
 
 /// The Payment Request update verb. UNCONFIRMED: the newer guide says PUT, the API index and an
