@@ -5,7 +5,9 @@ use crate::crypto::{self, Sealer};
 use crate::domain::{PaymentKind, PaymentState, Scope, TokenState};
 use crate::ids::*;
 use crate::notify::{Notification, NotificationData, NotificationType, CONTRACT_VERSION};
-use crate::store::records::{partner_pk, token_sk, PaymentRecord, TokenRecord};
+use crate::store::records::{
+    klarna_token_pk, partner_pk, token_sk, KlarnaTokenLink, PaymentRecord, TokenRecord, LINK_SK,
+};
 use crate::store::StoreError;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -37,10 +39,17 @@ pub fn token_id_for(payment_id: &PaymentId) -> TokenId {
     ))
 }
 
-/// A freshly issued backend token and its record (to be written in the payment's transaction).
+/// Lookup hash of a Klarna customer token (for [`KlarnaTokenLink`]).
+pub fn klarna_token_hash(token: &CustomerToken) -> String {
+    crypto::sha256_hex(token.expose().as_bytes())
+}
+
+/// A freshly issued backend token, its record and its Klarna link (both to be written in the
+/// payment's transaction).
 pub struct IssuedToken {
     pub token: BackendToken,
     pub record: TokenRecord,
+    pub link: KlarnaTokenLink,
     pub klarna_token: CustomerToken,
 }
 
@@ -74,9 +83,16 @@ pub fn issue_token(
         revoked_at: None,
         revoked_reason: None,
     };
+    let link = KlarnaTokenLink {
+        pk: klarna_token_pk(&klarna_token_hash(&klarna_token)),
+        sk: LINK_SK.to_owned(),
+        partner_id: payment.partner_id.clone(),
+        token_sk: record.sk.clone(),
+    };
     Ok(IssuedToken {
         token,
         record,
+        link,
         klarna_token,
     })
 }

@@ -120,7 +120,10 @@ async fn every_call_is_tagged_and_partner_data_is_forwarded_unmodified() {
         let m = metadata(s);
         assert_eq!(m["integrator"]["name"], "KLARNA_TOKEN_BACKEND");
         assert!(m["integrator"]["module_version"].is_string());
-        assert_eq!(m["originators"][0]["name"], ACCOUNT, "the partner is the originator");
+        assert_eq!(
+            m["originators"][0]["name"], ACCOUNT,
+            "the partner is the originator"
+        );
     }
     let body: Value = serde_json::from_slice(&seen[0].body).unwrap();
     assert_eq!(

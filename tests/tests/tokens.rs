@@ -349,3 +349,97 @@ async fn a_404_from_a_wrong_identity_path_never_revokes_a_token() {
         .count();
     assert_eq!(revoked, 0, "no token.revoked notification");
 }
+
+/// Klarna tells of a revocation on its side with `identity.customer-token.state-change.revoked`:
+/// the partner's token follows at once, without waiting for a charge to fail, and the partner is
+/// told once, however often Klarna delivers the event.
+#[tokio::test]
+async fn a_klarna_token_revoked_webhook_revokes_the_token_and_notifies_once() {
+    let w = World::new("tokens-webhook").await;
+    // Subscribe the backend's webhook to token events too, as an operator would.
+    let status = w
+        .http
+        .post(format!("{}/v2/notification/webhooks", w.sim.base_url()))
+        .header("Authorization", "Basic test-key")
+        .json(&json!({
+            "url": format!("{}/webhooks/klarna", w.api_url),
+            "event_types": ["identity.customer-token.state-change.*"],
+            "event_version": "v2",
+            "signing_key_id": w.signing_key_id,
+            "status": "ENABLED"
+        }))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert!(status.is_success(), "{status}");
+    let p = w.partner("shop", &["*"]).await;
+    let (token, klarna_token) = w.issue_token(&p).await;
+    let (other, _) = w.issue_token(&p).await;
+    w.settle().await;
+    let before = w.sim.deliveries().len();
+    w.sim
+        .inject_webhook(klarna_sim::WebhookFault::Duplicate { count: 1 });
+    assert!(w.sim.revoke_customer_token(&klarna_token));
+    w.settle_webhooks(before + 1).await;
+    // Wait for the duplicate as well.
+    for _ in 0..100 {
+        if w.sim.deliveries().len() >= before + 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    w.settle().await;
+    let r = w
+        .call(
+            "GET",
+            &format!("/v1/tokens/{token}"),
+            Some(&p.api_key),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.json()["status"].clone()),
+        (200, json!("revoked"))
+    );
+    assert!(r.json()["revoked_reason"]
+        .as_str()
+        .unwrap()
+        .starts_with("REVOKED_AT_KLARNA"));
+    assert_eq!(
+        w.sim.count(Route::Introspect),
+        0,
+        "known from the webhook, Klarna is not asked"
+    );
+    // The other token is untouched.
+    let r = w
+        .call(
+            "GET",
+            &format!("/v1/tokens/{other}"),
+            Some(&p.api_key),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(r.json()["status"], "active");
+    // A charge is refused without Klarna.
+    let c = w
+        .call(
+            "POST",
+            &format!("/v1/tokens/{token}/charges"),
+            Some(&p.api_key),
+            Some("after-revoke"),
+            Some(&charge_body(990, false, "c@example.com")),
+        )
+        .await;
+    assert_eq!(c.status, 410);
+    let revoked: Vec<_> = w
+        .drain(&p)
+        .await
+        .into_iter()
+        .filter(|m| m.notification.event_type.as_str() == "token.revoked")
+        .collect();
+    assert_eq!(revoked.len(), 1, "one notification, duplicates included");
+    assert!(revoked[0].body.contains("REVOKED_AT_KLARNA"));
+}

@@ -7,11 +7,15 @@ use aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse
 use chrono::{DateTime, Duration, Utc};
 use serde::Deserialize;
 use shared::config::CachedSecret;
+use shared::domain::TokenState;
 use shared::domain::{PaymentState, StepUpEvent, Transition};
 use shared::http::{self as h, ApiError};
 use shared::ids::*;
 use shared::klarna::types::{customer_token_of, session_token_of};
-use shared::klarna::webhook::{peek_event_id, PaymentRequestChange};
+use shared::klarna::unconfirmed::TOKEN_REVOKED_EVENT;
+use shared::klarna::webhook::{
+    is_keyable_id, peek_event_id, CustomerTokenChange, PaymentRequestChange,
+};
 use shared::klarna::{SigningKeys, WebhookEnvelope};
 use shared::payments;
 use shared::store::records::*;
@@ -95,7 +99,7 @@ impl WebhookError {
 }
 
 pub async fn handle(deps: &Deps, req: ApiGatewayV2httpRequest) -> ApiGatewayV2httpResponse {
-    let span = tracing::info_span!("klarna_webhook", correlation_id = %h::correlation_id(&req), event_id = tracing::field::Empty, event_type = tracing::field::Empty, payment_id = tracing::field::Empty);
+    let span = tracing::info_span!("klarna_webhook", correlation_id = %h::correlation_id(&req), event_id = tracing::field::Empty, event_type = tracing::field::Empty, payment_id = tracing::field::Empty, token_id = tracing::field::Empty);
     async move {
         match Box::pin(process(deps, &req, Utc::now())).await {
             Ok(outcome) => {
@@ -133,6 +137,11 @@ pub enum Routed {
         event: StepUpEvent,
         change: PaymentRequestChange,
     },
+    /// Klarna revoked a customer token on its side.
+    TokenRevoked {
+        envelope: WebhookEnvelope,
+        change: CustomerTokenChange,
+    },
     /// Valid, but of a type, version or payload this backend does not act on: acknowledged and
     /// kept, so Klarna does not retry it forever.
     Unrouted(WebhookEnvelope),
@@ -157,6 +166,12 @@ pub fn verify_and_route(
         Err(e) => return Ok(Routed::Malformed(e.to_string())),
     };
     let m = &envelope.metadata;
+    // Ids become keys: one the store would refuse is refused here, before any write (R8).
+    if !is_keyable_id(m.event_id.as_str()) {
+        return Ok(Routed::Malformed(
+            "metadata.event_id is empty, too long or not visible ASCII".into(),
+        ));
+    }
     if m.occurred_at < now - replay_window {
         return Err(refuse(
             "stale_event",
@@ -171,7 +186,18 @@ pub fn verify_and_route(
             .as_deref()
             .is_none_or(|v| v == "v2" || v == "v1")
     });
-    let change = PaymentRequestChange::deserialize(&envelope.payload).ok();
+    let version_ok = m
+        .event_version
+        .as_deref()
+        .is_none_or(|v| v == "v2" || v == "v1");
+    if m.event_type == TOKEN_REVOKED_EVENT && version_ok {
+        if let Ok(change) = CustomerTokenChange::deserialize(&envelope.payload) {
+            return Ok(Routed::TokenRevoked { envelope, change });
+        }
+    }
+    let change = PaymentRequestChange::deserialize(&envelope.payload)
+        .ok()
+        .filter(|c| is_keyable_id(c.payment_request_id.as_str()));
     Ok(match (event, change) {
         (Some(event), Some(change)) => Routed::StateChange {
             envelope,
@@ -211,6 +237,9 @@ async fn process(
             event,
             change,
         } => (envelope, Some((event, change))),
+        Routed::TokenRevoked { envelope, change } => {
+            return token_revoked(deps, &body, envelope, change, now).await;
+        }
         Routed::Unrouted(envelope) => (envelope, None),
     };
     let m = &envelope.metadata;
@@ -359,6 +388,103 @@ async fn process(
                     Committed::Raced => continue,
                 }
             }
+        }
+    }
+    Err(WebhookError::Contention)
+}
+
+/// Klarna revoked a customer token: the partner's token follows, with one `token.revoked`
+/// notification, in the transaction that records the event (R1, R2). A token this backend does
+/// not know (issued before links existed, or another acquirer's) is kept for inspection.
+async fn token_revoked(
+    deps: &Deps,
+    body: &[u8],
+    envelope: WebhookEnvelope,
+    change: CustomerTokenChange,
+    now: DateTime<Utc>,
+) -> Result<KlarnaEventOutcome, WebhookError> {
+    let m = &envelope.metadata;
+    let span = tracing::Span::current();
+    span.record("event_id", m.event_id.as_str());
+    span.record("event_type", m.event_type.as_str());
+    let event_pk = klarna_event_pk(&m.event_id);
+    if deps
+        .store
+        .get::<KlarnaEventRecord>(&event_pk, "EVENT")
+        .await?
+        .is_some()
+    {
+        tracing::info!("duplicate delivery");
+        return Ok(KlarnaEventOutcome::NoOp);
+    }
+    let record = |outcome, note: Option<&str>| KlarnaEventRecord {
+        pk: event_pk.clone(),
+        sk: "EVENT".into(),
+        event_type: m.event_type.clone(),
+        outcome,
+        payment_id: None,
+        received_at: now,
+        note: note.map(str::to_owned),
+        body_sealed: None,
+        ttl: (now + deps.replay_window + DEDUPE_MARGIN).timestamp(),
+    };
+    let unmatched = |why: &str| -> Result<KlarnaEventRecord, WebhookError> {
+        let mut r = record(KlarnaEventOutcome::Unmatched, Some(why));
+        r.body_sealed = Some(seal(deps, body, &event_pk)?);
+        Ok(r)
+    };
+    let link_pk = klarna_token_pk(&payments::klarna_token_hash(&change.customer_token_id));
+    let Some(link) = deps.store.get::<KlarnaTokenLink>(&link_pk, LINK_SK).await? else {
+        tracing::warn!("token event for a customer token we do not know; kept for inspection");
+        return put_event(
+            deps,
+            &unmatched("no backend token for this customer token")?,
+        )
+        .await;
+    };
+    // Klarna's reason, if it is a plain code; otherwise ours.
+    let reason = change
+        .state_reason
+        .as_deref()
+        .filter(|r| r.len() <= 64 && r.bytes().all(|b| b.is_ascii_uppercase() || b == b'_'))
+        .map(|r| format!("REVOKED_AT_KLARNA:{r}"))
+        .unwrap_or_else(|| "REVOKED_AT_KLARNA".to_owned());
+    let pk = partner_pk(&link.partner_id);
+    for _ in 0..MAX_RACE_RETRIES {
+        let Some(token) = deps.store.get::<TokenRecord>(&pk, &link.token_sk).await? else {
+            return put_event(deps, &unmatched("the linked token is missing")?).await;
+        };
+        tracing::Span::current().record("token_id", token.token_id.as_str());
+        let mut tx = deps.store.tx();
+        let event_index = tx.next_index();
+        let outcome = match token.state {
+            // Already revoked (by the partner, or an earlier path): it notified then.
+            TokenState::Revoked => {
+                tx.put_new(&record(
+                    KlarnaEventOutcome::NoOp,
+                    Some("token already revoked"),
+                ))?;
+                KlarnaEventOutcome::NoOp
+            }
+            TokenState::Active => {
+                let mut next = token.clone();
+                next.state = TokenState::Revoked;
+                next.version += 1;
+                next.revoked_at = Some(now);
+                next.revoked_reason = Some(reason.clone());
+                tx.put_new(&record(KlarnaEventOutcome::Applied, None))?;
+                tx.put_if_version(&next, token.version)?;
+                tx.notify(&payments::token_revoked_notification(&next, &reason, now))?;
+                KlarnaEventOutcome::Applied
+            }
+        };
+        match commit(tx, event_index).await? {
+            Committed::Yes => {
+                tracing::info!(outcome = ?outcome, "customer token revoked at Klarna followed");
+                return Ok(outcome);
+            }
+            Committed::Duplicate => return Ok(KlarnaEventOutcome::NoOp),
+            Committed::Raced => continue,
         }
     }
     Err(WebhookError::Contention)

@@ -578,6 +578,8 @@ async fn authorize(
                             now,
                         )?;
                         tx.put_new(&i.record)?;
+                        // Not conditional: the link carries no state, only where the token is.
+                        tx.put(&i.link)?;
                         issued = Some(i);
                     } else if plan.kind == PaymentKind::TokenCreation {
                         next.reason = Some("KLARNA_ISSUED_NO_CUSTOMER_TOKEN".into());

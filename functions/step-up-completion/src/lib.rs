@@ -215,6 +215,8 @@ pub async fn process(
                                         sealer, &next, ct, scopes, None, now,
                                     )?;
                                     tx.put_new(&i.record)?;
+                                    // Not conditional: the link carries no state, only where the token is.
+                                    tx.put(&i.link)?;
                                     issued = Some(i);
                                 }
                                 None => {

@@ -51,6 +51,12 @@ pub fn integration_metadata(integrator_json: &str, partner_account: &str) -> Str
 /// older use-case page PATCH. Chosen: PUT first; a 405 answer is retried once with PATCH.
 pub const UPDATE_PAYMENT_REQUEST_VERBS: [&str; 2] = ["PUT", "PATCH"];
 
+/// Klarna-side token revocation (after-payments §1, Identity v2-r6, event_version v2). The
+/// payload names are UNCONFIRMED (only the event name is documented); chosen: the authorize
+/// answer's `customer_token_id` and `customer_token_reference`, with `state`/`state_reason` as
+/// payment-request events carry them (shared with the simulator).
+pub const TOKEN_REVOKED_EVENT: &str = "identity.customer-token.state-change.revoked";
+
 /// Authorize success status. UNCONFIRMED (200 assumed, 201 possible): any 2xx is success.
 pub fn is_success(status: u16) -> bool {
     (200..300).contains(&status)

@@ -122,6 +122,29 @@ pub struct PaymentRequestChange {
     pub state_reason: Option<String>,
 }
 
+/// The fields of a customer-token state change this backend reads (payload names UNCONFIRMED:
+/// see [`super::unconfirmed::TOKEN_REVOKED_EVENT`]).
+#[derive(Clone, Debug, Deserialize)]
+pub struct CustomerTokenChange {
+    pub customer_token_id: crate::ids::CustomerToken,
+    #[serde(default)]
+    pub customer_token_reference: Option<String>,
+    #[serde(default)]
+    pub state: Option<String>,
+    #[serde(default)]
+    pub state_reason: Option<String>,
+}
+
+/// Longest Klarna id this backend puts into a key. Klarna's ids are far shorter; a longer one
+/// would make the store refuse the write, which must be a 400, not a 5xx that Klarna retries
+/// forever.
+pub const MAX_ID_LEN: usize = 255;
+
+/// Whether a Klarna id can be part of a key: 1 to [`MAX_ID_LEN`] visible ASCII characters.
+pub fn is_keyable_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= MAX_ID_LEN && id.bytes().all(|b| b.is_ascii_graphic())
+}
+
 /// Best-effort event id of an unverified body, for the log line of a refusal.
 pub fn peek_event_id(body: &[u8]) -> Option<String> {
     #[derive(Deserialize)]

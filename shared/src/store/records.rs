@@ -29,6 +29,12 @@ pub fn api_key_pk(hash: &str) -> String {
     format!("API_KEY#{hash}")
 }
 pub const PROFILE_SK: &str = "PROFILE";
+/// Sort key of link items (one item per partition).
+pub const LINK_SK: &str = "LINK";
+/// Klarna customer tokens are found by their SHA-256, never stored in a key in clear.
+pub fn klarna_token_pk(klarna_token_hash: &str) -> String {
+    format!("KLARNA_TOKEN#{klarna_token_hash}")
+}
 pub const OUTBOX_PREFIX: &str = "OUTBOX#";
 
 /// A payment. Updated only by conditional puts on `version` (rule R3).
@@ -232,4 +238,15 @@ pub struct OutboxItem {
 pub struct FinalizeJob {
     pub partner_id: PartnerId,
     pub payment_id: PaymentId,
+}
+
+/// Links a Klarna customer token (by its SHA-256) to the backend token issued for it, written
+/// with the token, so Klarna's token events find the partner's token without a scan.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct KlarnaTokenLink {
+    pub pk: String,
+    pub sk: String,
+    pub partner_id: PartnerId,
+    /// The sort key of the partner's token record.
+    pub token_sk: String,
 }
