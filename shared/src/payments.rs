@@ -82,6 +82,7 @@ pub fn issue_token(
         created_at: now,
         revoked_at: None,
         revoked_reason: None,
+        revoke_lease_until_ms: None,
     };
     let link = KlarnaTokenLink {
         pk: klarna_token_pk(&klarna_token_hash(&klarna_token)),

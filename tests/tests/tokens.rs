@@ -443,3 +443,35 @@ async fn a_klarna_token_revoked_webhook_revokes_the_token_and_notifies_once() {
     assert_eq!(revoked.len(), 1, "one notification, duplicates included");
     assert!(revoked[0].body.contains("REVOKED_AT_KLARNA"));
 }
+
+/// Ten concurrent revokes of one token make one Klarna revoke call and one notification, and
+/// every caller learns the token is revoked.
+#[tokio::test]
+async fn concurrent_revokes_of_one_token_make_one_klarna_call() {
+    let w = Arc::new(World::new("tokens-revoke-race").await);
+    let p = Arc::new(w.partner("shop", &["*"]).await);
+    let (token, _) = w.issue_token(&p).await;
+    let path = format!("/v1/tokens/{token}");
+    let calls = (0..10).map(|_| {
+        let (w, p, path) = (w.clone(), p.clone(), path.clone());
+        tokio::spawn(async move { w.call("DELETE", &path, Some(&p.api_key), None, None).await })
+    });
+    for r in futures::future::join_all(calls).await {
+        let r = r.unwrap();
+        assert_eq!(
+            (r.status, r.json()["status"].clone()),
+            (200, json!("revoked")),
+            "{}",
+            String::from_utf8_lossy(&r.body)
+        );
+    }
+    assert_eq!(w.sim.count(Route::Revoke), 1, "one Klarna revoke call");
+    w.settle().await;
+    let revoked = w
+        .drain(&p)
+        .await
+        .into_iter()
+        .filter(|m| m.notification.event_type.as_str() == "token.revoked")
+        .count();
+    assert_eq!(revoked, 1);
+}

@@ -214,22 +214,95 @@ fn identity_unexpected() -> TokenError {
     .into()
 }
 
+/// Held while one request calls Klarna's revoke; above the Klarna client's worst case.
+pub const REVOKE_LEASE: chrono::Duration = chrono::Duration::seconds(20);
+/// How long a concurrent revoke waits for the lease holder's outcome before answering 409.
+const REVOKE_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
 async fn revoke(
     deps: &Deps,
     partner: &PartnerRecord,
     record: TokenRecord,
     klarna_token: CustomerToken,
 ) -> Result<ApiGatewayV2httpResponse, TokenError> {
+    // One request per token calls Klarna: the others wait for its outcome.
+    let Some(leased) = take_revoke_lease(deps, &record).await? else {
+        return wait_for_revocation(deps, &record).await;
+    };
     match deps
         .klarna
         .revoke_token(&partner.klarna_account_id, &klarna_token)
         .await
     {
-        Ok(()) => mark_revoked(deps, record, "REVOKED_BY_PARTNER").await,
+        Ok(()) => mark_revoked(deps, leased, "REVOKED_BY_PARTNER").await,
         Err(e) if e.means_token_revoked() || e.means_token_unknown() => {
-            mark_revoked(deps, record, "REVOKED_BY_PARTNER").await
+            mark_revoked(deps, leased, "REVOKED_BY_PARTNER").await
         }
-        Err(e) => Err(identity_failure(e)),
+        Err(e) => {
+            release_revoke_lease(deps, &leased).await;
+            Err(identity_failure(e))
+        }
+    }
+}
+
+/// Takes the revoke lease (a conditional write on the version read). `None` when another request
+/// holds it or moved the token first.
+async fn take_revoke_lease(
+    deps: &Deps,
+    record: &TokenRecord,
+) -> Result<Option<TokenRecord>, TokenError> {
+    let now = Utc::now();
+    if record
+        .revoke_lease_until_ms
+        .is_some_and(|t| t > now.timestamp_millis())
+    {
+        return Ok(None);
+    }
+    let mut leased = record.clone();
+    leased.version += 1;
+    leased.revoke_lease_until_ms = Some((now + REVOKE_LEASE).timestamp_millis());
+    match deps.store.put_if_version(&leased, record.version).await {
+        Ok(()) => Ok(Some(leased)),
+        Err(e) if e.is_conflict() => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Gives the lease back after a failed Klarna call, so the partner's retry need not wait for it.
+async fn release_revoke_lease(deps: &Deps, leased: &TokenRecord) {
+    let mut released = leased.clone();
+    released.version += 1;
+    released.revoke_lease_until_ms = None;
+    if let Err(e) = deps.store.put_if_version(&released, leased.version).await {
+        tracing::warn!(error = %e, "could not release the revoke lease; it lapses by itself");
+    }
+}
+
+/// Answers a revoke that lost the lease with the outcome of the one that holds it.
+async fn wait_for_revocation(
+    deps: &Deps,
+    record: &TokenRecord,
+) -> Result<ApiGatewayV2httpResponse, TokenError> {
+    let deadline = std::time::Instant::now() + REVOKE_WAIT;
+    loop {
+        let current: Option<TokenRecord> = deps.store.get(&record.pk, &record.sk).await?;
+        let current = current.ok_or_else(|| ApiError::not_found("token").field("token"))?;
+        if current.state == TokenState::Revoked {
+            return Ok(h::json_response(200, &status_of(&current, None, None)));
+        }
+        let held = current
+            .revoke_lease_until_ms
+            .is_some_and(|t| t > Utc::now().timestamp_millis());
+        if !held || std::time::Instant::now() >= deadline {
+            return Err(ApiError::new(
+                409,
+                "revocation_in_progress",
+                "another request is revoking this token; retry",
+            )
+            .retry_after(1)
+            .into());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
 
@@ -245,6 +318,7 @@ async fn mark_revoked(
     next.version += 1;
     next.revoked_at = Some(now);
     next.revoked_reason = Some(reason.to_owned());
+    next.revoke_lease_until_ms = None;
     let mut tx = deps.store.tx();
     tx.put_if_version(&next, record.version)?;
     tx.notify(&payments::token_revoked_notification(&next, reason, now))?;

@@ -105,6 +105,10 @@ pub struct TokenRecord {
     pub created_at: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
     pub revoked_reason: Option<String>,
+    /// Epoch milliseconds until which one request holds the right to call Klarna's revoke, so
+    /// concurrent revokes of one token make one Klarna call.
+    #[serde(default)]
+    pub revoke_lease_until_ms: Option<i64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
