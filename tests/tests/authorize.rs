@@ -712,3 +712,129 @@ async fn a_lost_answer_to_the_outcome_write_still_gives_the_partner_its_token() 
     );
     assert_eq!(w.sim.count(Route::Authorize), 1);
 }
+
+/// Klarna's interoperability data reaches authorize exactly as the partner sent it, and the
+/// partner's step-up lifetime travels as Klarna's `interaction_expiry` object.
+#[tokio::test]
+async fn network_data_and_step_up_expiry_reach_klarna_unmodified() {
+    let w = World::new("network-data").await;
+    let p = w.partner("shop", &["*"]).await;
+    let data = "{\"content_type\":\"application/vnd.klarna.interoperability-data.v2+json\",\"content\":{\"ü\":1}}";
+    let mut body = payment_body(1200, "c+stepup@example.com");
+    body["klarna_network_data"] = json!(data);
+    body["step_up_expiry_minutes"] = json!(30);
+    let r = w
+        .call(
+            "POST",
+            "/v1/payments",
+            Some(&p.api_key),
+            Some("nd-1"),
+            Some(&body),
+        )
+        .await;
+    assert!(r.status == 201 || r.status == 202, "{}", body_text(&r));
+    let sent = w
+        .sim
+        .requests()
+        .into_iter()
+        .find(|q| q.route == Route::Authorize)
+        .expect("authorize reached Klarna");
+    assert_eq!(sent.body["klarna_network_data"].as_str(), Some(data));
+    assert_eq!(
+        sent.body["step_up_config"]["customer_interaction_config"]["interaction_expiry"],
+        json!({"duration": "PT30M"})
+    );
+    // Out of Klarna's bounds, or for a charge with nobody present: refused before Klarna.
+    let before = w.sim.requests().len();
+    body["step_up_expiry_minutes"] = json!(5);
+    let r = w
+        .call(
+            "POST",
+            "/v1/payments",
+            Some(&p.api_key),
+            Some("nd-2"),
+            Some(&body),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.json()["error"]["field"].clone()),
+        (400, json!("step_up_expiry_minutes"))
+    );
+    assert_eq!(w.sim.requests().len(), before);
+}
+
+/// Hostile return URLs are refused at the API with the field named and nothing sent to Klarna.
+#[tokio::test]
+async fn look_alike_and_control_character_return_urls_never_reach_klarna() {
+    let w = World::new("hostile-urls").await;
+    let p = w.partner("shop", &["*"]).await;
+    for (i, url) in [
+        "http://localhost.attacker.example/r",
+        "http://localhost@attacker.example/r",
+        "http://127.0.0.1.attacker.example/r",
+        "https://shop.example/\u{0}",
+        "https://shop.example/\u{1b}[2J",
+        "https://shop.example/\u{7f}",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut body = payment_body(100, "c@example.com");
+        body["return_url"] = json!(url);
+        let r = w
+            .call(
+                "POST",
+                "/v1/payments",
+                Some(&p.api_key),
+                Some(&format!("u-{i}")),
+                Some(&body),
+            )
+            .await;
+        assert_eq!(
+            (r.status, r.json()["error"]["field"].clone()),
+            (400, json!("return_url")),
+            "{url:?}"
+        );
+    }
+    assert_eq!(w.sim.count(Route::Authorize), 0, "nothing reached Klarna");
+}
+
+/// A disabled partner gets nothing, replays of completed requests included.
+#[tokio::test]
+async fn a_disabled_partner_gets_no_replay() {
+    use shared::store::records::{partner_pk, PartnerRecord, PartnerStatus, PROFILE_SK};
+    let w = World::new("disabled-replay").await;
+    let p = w.partner("shop", &["*"]).await;
+    let (token, _) = w.issue_token(&p).await;
+    let path = format!("/v1/tokens/{token}/charges");
+    let body = charge_body(700, false, "c@example.com");
+    let first = w
+        .call("POST", &path, Some(&p.api_key), Some("sub-1"), Some(&body))
+        .await;
+    assert_eq!(first.status, 201);
+    let mut rec: PartnerRecord = w
+        .stack
+        .store
+        .get(&partner_pk(&p.id), PROFILE_SK)
+        .await
+        .unwrap()
+        .unwrap();
+    rec.status = PartnerStatus::Disabled;
+    w.stack.store.put(&rec).await.unwrap();
+    for (method, path, key, body) in [
+        ("POST", path.as_str(), Some("sub-1"), Some(&body)),
+        (
+            "POST",
+            "/v1/payments",
+            Some("new"),
+            Some(&payment_body(1, "c@example.com")),
+        ),
+    ] {
+        let r = w.call(method, path, Some(&p.api_key), key, body).await;
+        assert_eq!(
+            (r.status, r.json()["error"]["code"].clone()),
+            (403, json!("partner_disabled")),
+            "{method} {path}"
+        );
+    }
+}
