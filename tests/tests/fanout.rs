@@ -2,6 +2,7 @@
 //! filters and tenancy honoured, per-token order, batching, and delivery faults recovered
 //! without duplicates or losses.
 
+use aws_sdk_sqs::types::MessageSystemAttributeName;
 use chrono::Utc;
 use integration_tests::faults::{AwsFault, FaultProxy};
 use integration_tests::*;
@@ -230,4 +231,139 @@ async fn a_missing_queue_sends_the_record_to_the_failure_destination_and_others_
         "RetryAttemptsExhausted"
     );
     assert!(info["DDBStreamBatchInfo"]["startSequenceNumber"].is_string());
+}
+
+/// What is on a partner queue now, as (message group, amount) in the queue's order, without
+/// consuming it: messages are received, then made visible again at once. They stay on the queue,
+/// so a later re-send of one of them is still recognised as a duplicate (the local server
+/// deduplicates only against messages it still holds; SQS remembers an id for five minutes even
+/// after the message is deleted). A FIFO queue hides a group's further messages while some of it
+/// is in flight, so this sees everything only when a group has at most ten messages waiting;
+/// callers check the queue's depth against what they saw.
+async fn peek(w: &World, queue_url: &str) -> Vec<(String, i64)> {
+    let mut seen = Vec::new();
+    let mut handles = Vec::new();
+    loop {
+        let messages = w
+            .sqs()
+            .receive_message()
+            .queue_url(queue_url)
+            .max_number_of_messages(10)
+            .visibility_timeout(60)
+            .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
+            .wait_time_seconds(0)
+            .send()
+            .await
+            .unwrap()
+            .messages
+            .unwrap_or_default();
+        if messages.is_empty() {
+            break;
+        }
+        for m in messages {
+            let n: Notification = serde_json::from_str(m.body().unwrap()).unwrap();
+            let group = m
+                .attributes()
+                .and_then(|a| a.get(&MessageSystemAttributeName::MessageGroupId))
+                .cloned()
+                .unwrap_or_default();
+            seen.push((group, n.data.amount.unwrap()));
+            handles.push(m.receipt_handle().unwrap().to_owned());
+        }
+    }
+    for h in handles {
+        w.sqs()
+            .change_message_visibility()
+            .queue_url(queue_url)
+            .receipt_handle(h)
+            .visibility_timeout(0)
+            .send()
+            .await
+            .unwrap();
+    }
+    seen
+}
+
+fn amounts_of<'a>(got: impl IntoIterator<Item = &'a (String, i64)>, group: &str) -> Vec<i64> {
+    got.into_iter()
+        .filter(|(g, _)| g == group)
+        .map(|(_, a)| *a)
+        .collect()
+}
+
+/// SQS refuses the first event of token g on every attempt of the first invocation (a partial
+/// batch failure each time). g's later events must not overtake it: they are held back and
+/// reported with it, while the other token's events in the same stream batch go out at once. The
+/// stream's retry then delivers g in order, and nothing reaches the partner twice.
+#[tokio::test]
+async fn a_refused_message_holds_back_the_rest_of_its_group_and_other_groups_still_go_out() {
+    let proxy = FaultProxy::start(local_stack::stack::local_endpoint()).await;
+    let w = World::with_sdk(
+        "fanout-hold",
+        proxy.sdk().await,
+        SimConfig::default(),
+        |_| {},
+    )
+    .await;
+    let p = w.partner("shop", &["*"]).await;
+    // g1 opens the first SendMessageBatch; nine events of h fill it, so g2 and g3 fall into the
+    // second call of the same invocation, which is where they could overtake g1.
+    let mut items = vec![notification(&p.id, "tok_g", 1)];
+    items.extend((1..=9).map(|seq| notification(&p.id, "tok_h", seq)));
+    items.push(notification(&p.id, "tok_g", 2));
+    items.push(notification(&p.id, "tok_g", 3));
+    items.push(notification(&p.id, "tok_h", 10));
+    write_outbox(&w, &items).await;
+    // g1 is the first entry of the first call and then the only entry of each re-send, so it is
+    // refused on every attempt the first invocation makes.
+    let attempts = partner_fanout::ENTRY_ATTEMPTS;
+    proxy.inject(
+        "SendMessageBatch",
+        AwsFault::FailFirstEntry,
+        u32::try_from(attempts).unwrap(),
+    );
+
+    // The first invocation alone.
+    let relayed = w.stack.stream_pumps[0].poll_once().await.unwrap();
+    assert_eq!(relayed, items.len(), "one invocation with the whole batch");
+    assert_eq!(proxy.fired().len(), attempts, "g1 refused on every attempt");
+    let depth = local_stack::pumps::queue_depth(w.sqs(), &p.queue_url)
+        .await
+        .unwrap();
+    assert_eq!(depth, 10, "only h's ten events are on the queue");
+    let after_first = peek(&w, &p.queue_url).await;
+    assert_eq!(
+        amounts_of(&after_first, "tok_g"),
+        Vec::<i64>::new(),
+        "nothing of g goes out while g1 is not on the queue"
+    );
+    assert_eq!(
+        amounts_of(&after_first, "tok_h"),
+        (1..=10).collect::<Vec<_>>(),
+        "the other group's events go out on the first invocation, in order"
+    );
+
+    // The stream retries from g1 and the system comes to rest.
+    w.settle().await;
+    let got = w.drain(&p).await;
+    let seen: Vec<(String, i64)> = got
+        .iter()
+        .map(|g| {
+            (
+                g.group_id.clone().unwrap_or_default(),
+                g.notification.data.amount.unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        amounts_of(&seen, "tok_g"),
+        [1, 2, 3],
+        "g arrives in order once g1 is through"
+    );
+    assert_eq!(amounts_of(&seen, "tok_h"), (1..=10).collect::<Vec<_>>());
+    let mut ids: Vec<String> = got.iter().map(|g| g.webhook_id.clone()).collect();
+    ids.sort();
+    let mut want: Vec<String> = items.iter().map(|n| n.event_id.to_string()).collect();
+    want.sort();
+    assert_eq!(ids, want, "every event exactly once");
 }

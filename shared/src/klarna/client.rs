@@ -60,7 +60,11 @@ impl RetryPolicy {
 pub enum KlarnaError {
     /// Klarna answered with an error status.
     #[error("Klarna answered {status}: {}", body.error_code.as_deref().unwrap_or("no error code"))]
-    Api { status: u16, body: KlarnaErrorBody },
+    /// Boxed: the body is large and errors travel through every `Result`.
+    Api {
+        status: u16,
+        body: Box<KlarnaErrorBody>,
+    },
     /// No answer: connection refused or reset, or our timeout.
     #[error("no answer from Klarna: {0}")]
     Transport(String),
@@ -84,7 +88,7 @@ impl KlarnaError {
                         None | Some("TECHNICAL_ERROR") | Some("TIMEOUT") | Some("INTERNAL_ERROR")
                     ) || body.error_type.as_deref() == Some("TECHNICAL_ERROR")
                 }
-                403 => body == &KlarnaErrorBody::default(),
+                403 => **body == KlarnaErrorBody::default(),
                 _ => false,
             },
             KlarnaError::Transport(_) => true,
@@ -412,7 +416,7 @@ impl KlarnaClient {
         };
         Err(KlarnaError::Api {
             status: status.as_u16(),
-            body,
+            body: Box::new(body),
         })
     }
 }
@@ -436,11 +440,11 @@ mod tests {
     fn api(status: u16, code: Option<&str>) -> KlarnaError {
         KlarnaError::Api {
             status,
-            body: KlarnaErrorBody {
+            body: Box::new(KlarnaErrorBody {
                 error_code: code.map(str::to_owned),
                 error_type: Some("X".into()),
                 ..Default::default()
-            },
+            }),
         }
     }
 
@@ -452,7 +456,7 @@ mod tests {
         assert!(api(429, Some("RATE_LIMITED")).is_retryable());
         assert!(KlarnaError::Api {
             status: 403,
-            body: KlarnaErrorBody::default()
+            body: Box::default()
         }
         .is_retryable());
         assert!(KlarnaError::Transport("connect".into()).is_retryable());
