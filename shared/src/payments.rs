@@ -83,6 +83,7 @@ pub fn issue_token(
         revoked_at: None,
         revoked_reason: None,
         revoke_lease_until_ms: None,
+        revoke_lease_owner: None,
     };
     let link = KlarnaTokenLink {
         pk: klarna_token_pk(&klarna_token_hash(&klarna_token)),

@@ -412,11 +412,11 @@ async fn klarna_503_is_retried_with_the_same_key_and_a_klarna_400_is_not() {
     assert_eq!(calls[0].idempotency_key, calls[1].idempotency_key);
     assert!(calls[0].idempotency_key.is_some());
 
-    // A stale interoperability session token, forwarded unmodified, is refused by Klarna with a
-    // 400: not retried, and the partner sees Klarna's reason.
+    // A stale session token, forwarded unmodified, is refused by Klarna with a 400: not retried,
+    // and the partner sees Klarna's reason. Klarna issued it for a journey completed over an
+    // hour ago (the simulator tells tokens by what it issued, not by their shape).
     let mut stale = payment_body(100, "c@example.com");
-    stale["klarna_network_session_token"] =
-        json!("krn:payment:eu1:klarna-network-session-token:expired");
+    stale["klarna_network_session_token"] = json!(expired_session_token(&w).await);
     let before = w.sim.count(Route::Authorize) + w.sim.count(Route::FinalAuthorize);
     let r = w
         .call(
@@ -837,4 +837,44 @@ async fn a_disabled_partner_gets_no_replay() {
             "{method} {path}"
         );
     }
+}
+
+/// A session token Klarna issued for a completed journey more than 60 minutes ago (in a world
+/// whose simulator approves at once; it is left so).
+async fn expired_session_token(w: &World) -> String {
+    w.sim.set_rules(klarna_sim::OutcomeRules::default());
+    let account = w.sim.partner_account_id();
+    let answer: serde_json::Value = w
+        .http
+        .post(format!(
+            "{}/v2/accounts/{account}/payment/authorize",
+            w.sim.base_url()
+        ))
+        .header("Authorization", "Basic test-key")
+        .header("Klarna-Idempotency-Key", uuid::Uuid::new_v4().to_string())
+        .json(&json!({
+            "currency": "EUR",
+            "request_payment_transaction": {"amount": 100},
+            "step_up_config": {"customer_interaction_config": {
+                "method": "HANDOVER", "return_url": "https://shop.example/return"}}
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    w.sim.set_rules(approve_at_once());
+    let id = answer["payment_request"]["payment_request_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("a step-up: {answer}"))
+        .to_owned();
+    w.sim.complete(&id, None).unwrap();
+    let token = w.sim.payment_request(&id).unwrap()["state_context"]
+        ["klarna_network_session_token"]
+        .as_str()
+        .expect("a completed request carries its session token")
+        .to_owned();
+    w.sim.advance_clock(chrono::Duration::minutes(61));
+    token
 }

@@ -48,11 +48,8 @@ async fn presentation_for_a_guest_is_cached_and_for_a_token_holder_is_personalis
     assert_eq!(guest.json()["cached"], false);
     assert_eq!(guest.json()["presentation"]["personalized"], false);
     assert!(
-        guest.json()["presentation"]["payment_options"]
-            .as_array()
-            .unwrap()
-            .len()
-            >= 3
+        guest.json()["presentation"]["instruction"] == "SHOW_KLARNA"
+            && guest.json()["presentation"]["payment_option"]["payment_option_id"].is_string()
     );
     // Same band, currency and locale: served from the cache, with the asked amount.
     let again = w

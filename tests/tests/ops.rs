@@ -818,3 +818,49 @@ async fn the_table_key_store_keeps_keys_sealed_and_works_through_the_cli() {
         serde_json::json!(["payment.request.state-change.*"])
     );
 }
+
+#[tokio::test]
+async fn webhook_test_shows_the_deployed_endpoint_accepts_klarnas_signed_events() {
+    let (w, data_key) = world("ops-hooktest").await;
+    let c = ops_ctx(&w, &data_key);
+
+    // The world's webhook function holds the signing key: the simulated event is accepted.
+    let (out, text) = ops(&c, &["klarna", "webhook", "test"]).await;
+    assert_eq!(out["accepted"], true, "{out}");
+    let status = out["status"].as_u64().unwrap();
+    assert!((200..300).contains(&status), "{out}");
+    assert_eq!(out["event_type"], "payment.request.state-change.submitted");
+    let event_id = out["event_id"].as_str().unwrap().to_owned();
+    assert!(
+        text.contains("accepted") && text.contains(&event_id),
+        "{text}"
+    );
+    let d = w.sim.deliveries();
+    let sent = d.iter().find(|d| d.event_id == event_id).unwrap();
+    assert_eq!(sent.signing_key_id, w.signing_key_id);
+    assert_eq!(sent.status, Some(u16::try_from(status).unwrap()));
+
+    // Without the key the function refuses the signature: the check fails and says so.
+    *w.stack.signing_keys.write().await = SigningKeys::default();
+    let e = ops_err(
+        &c,
+        &[
+            "klarna",
+            "webhook",
+            "test",
+            "--event-type",
+            "payment.request.state-change.completed",
+        ],
+    )
+    .await;
+    assert!(matches!(e, OpsError::Failed(_)), "{e}");
+    assert!(e.to_string().contains("HTTP 400"), "{e}");
+    assert!(e.to_string().contains(&w.signing_key_id), "{e}");
+
+    let e = ops_err(
+        &c,
+        &["klarna", "webhook", "test", "--webhook-id", "krn:nope"],
+    )
+    .await;
+    assert!(matches!(e, OpsError::NotFound(_)), "{e}");
+}

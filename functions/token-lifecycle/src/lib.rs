@@ -229,20 +229,23 @@ async fn revoke(
     let Some(leased) = take_revoke_lease(deps, &record).await? else {
         return wait_for_revocation(deps, &record).await;
     };
-    match deps
+    let outcome = match deps
         .klarna
         .revoke_token(&partner.klarna_account_id, &klarna_token)
         .await
     {
-        Ok(()) => mark_revoked(deps, leased, "REVOKED_BY_PARTNER").await,
+        Ok(()) => mark_revoked(deps, leased.clone(), "REVOKED_BY_PARTNER").await,
         Err(e) if e.means_token_revoked() || e.means_token_unknown() => {
-            mark_revoked(deps, leased, "REVOKED_BY_PARTNER").await
+            mark_revoked(deps, leased.clone(), "REVOKED_BY_PARTNER").await
         }
-        Err(e) => {
-            release_revoke_lease(deps, &leased).await;
-            Err(identity_failure(e))
-        }
+        Err(e) => Err(identity_failure(e)),
+    };
+    if outcome.is_err() {
+        // The partner's retry must not wait for our lease: Klarna's revoke can be asked again
+        // (a revoked token answers "revoked", which marks it here).
+        release_revoke_lease(deps, &leased).await;
     }
+    outcome
 }
 
 /// Takes the revoke lease (a conditional write on the version read). `None` when another request
@@ -258,23 +261,39 @@ async fn take_revoke_lease(
     {
         return Ok(None);
     }
+    let owner =
+        shared::crypto::random_token("lease_").map_err(|e| StoreError::Data(e.to_string()))?;
     let mut leased = record.clone();
     leased.version += 1;
     leased.revoke_lease_until_ms = Some((now + REVOKE_LEASE).timestamp_millis());
+    leased.revoke_lease_owner = Some(owner);
     match deps.store.put_if_version(&leased, record.version).await {
         Ok(()) => Ok(Some(leased)),
         Err(e) if e.is_conflict() => Ok(None),
-        Err(e) => Err(e.into()),
+        Err(e) => {
+            // The write may have been applied with its answer lost: if the lease is ours, hold it.
+            let current: Option<TokenRecord> = deps.store.get(&record.pk, &record.sk).await?;
+            match current {
+                Some(c) if c.revoke_lease_owner == leased.revoke_lease_owner => Ok(Some(c)),
+                _ => Err(e.into()),
+            }
+        }
     }
 }
 
-/// Gives the lease back after a failed Klarna call, so the partner's retry need not wait for it.
+/// Gives the lease back after a failed request, so the partner's retry need not wait for it.
 async fn release_revoke_lease(deps: &Deps, leased: &TokenRecord) {
     let mut released = leased.clone();
     released.version += 1;
     released.revoke_lease_until_ms = None;
-    if let Err(e) = deps.store.put_if_version(&released, leased.version).await {
-        tracing::warn!(error = %e, "could not release the revoke lease; it lapses by itself");
+    released.revoke_lease_owner = None;
+    match deps.store.put_if_version(&released, leased.version).await {
+        Ok(()) => {}
+        // Moved on: revoked meanwhile (perhaps by our own write whose answer was lost).
+        Err(e) if e.is_conflict() => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "could not release the revoke lease; it lapses by itself")
+        }
     }
 }
 
@@ -319,6 +338,7 @@ async fn mark_revoked(
     next.revoked_at = Some(now);
     next.revoked_reason = Some(reason.to_owned());
     next.revoke_lease_until_ms = None;
+    next.revoke_lease_owner = None;
     let mut tx = deps.store.tx();
     tx.put_if_version(&next, record.version)?;
     tx.notify(&payments::token_revoked_notification(&next, reason, now))?;

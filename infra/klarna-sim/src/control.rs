@@ -5,25 +5,28 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::{Html, IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use axum::routing::{get, post, put};
 use axum::Router;
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
 use crate::error::ApiResponse;
 use crate::faults::{Fault, WebhookFault, WebhookFaultState};
+use crate::misbehaviour::Misbehaviour;
 use crate::rules::OutcomeRules;
 use crate::server::render;
 use crate::unconfirmed;
-use crate::world::{Journey, JourneyError, Shared};
+use crate::world::{Journey, JourneyError, RevokedBy, Shared};
 
 type St = State<Arc<Shared>>;
 
 pub(crate) fn routes() -> Router<Arc<Shared>> {
     Router::new()
-        .route("/_sim/pay/{id}", get(pay_page))
+        .route("/_sim/pay/{id}", get(crate::journey_page::page))
+        .route("/_sim/pay/{id}/{action}", post(crate::journey_page::act))
+        .route("/_sim/partners/{account_id}", put(set_partner_name))
         .route("/_sim/payment-requests/{id}", get(read_pr))
         .route("/_sim/payment-requests/{id}/{action}", post(journey))
         .route("/_sim/customer-tokens/revoke", post(revoke_token))
@@ -32,7 +35,16 @@ pub(crate) fn routes() -> Router<Arc<Shared>> {
             "/_sim/deliveries",
             get(list_deliveries).delete(clear_deliveries),
         )
-        .route("/_sim/faults", post(add_fault).delete(clear_faults))
+        .route(
+            "/_sim/faults",
+            get(list_faults).post(add_fault).delete(clear_faults),
+        )
+        .route(
+            "/_sim/misbehaviours",
+            get(list_misbehaviours)
+                .post(add_misbehaviour)
+                .delete(clear_misbehaviours),
+        )
         .route(
             "/_sim/webhook-faults",
             post(add_webhook_fault).delete(clear_webhook_faults),
@@ -102,53 +114,8 @@ async fn read_pr(State(s): St, Path(id): Path<String>) -> Response {
     }
 }
 
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
-
-/// The `payment_request_url`: opening it puts the request IN_PROGRESS. JSON if asked for.
-async fn pay_page(State(s): St, Path(id): Path<String>, headers: HeaderMap) -> Response {
-    let result = s.lock().journey(&id, Journey::Open, None);
-    let wants_json = headers
-        .get(header::ACCEPT)
-        .is_some_and(|v| String::from_utf8_lossy(v.as_bytes()).contains("application/json"));
-    if wants_json {
-        return match result {
-            Ok(pr) => ok(pr),
-            Err(e) => render(&journey_error(&e)),
-        };
-    }
-    let (status, note) = match &result {
-        Ok(_) => (StatusCode::OK, String::new()),
-        Err(e @ JourneyError::NotFound(_)) => (StatusCode::NOT_FOUND, e.to_string()),
-        Err(e) => (StatusCode::CONFLICT, e.to_string()),
-    };
-    let pr = s.lock().pr_json(&id);
-    let state = pr["state"].as_str().unwrap_or("UNKNOWN");
-    let return_url = pr
-        .pointer("/customer_interaction_config/return_url")
-        .and_then(Value::as_str)
-        .unwrap_or("");
-    let id_e = escape(&id);
-    let html = format!(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>Klarna sandbox simulator</title></head>\
-<body><h1>Klarna sandbox simulator (test only)</h1>\
-<p>Payment request <code>{id_e}</code> is <b>{state}</b>. {note}</p>\
-<form method=\"post\" action=\"/_sim/payment-requests/{id_e}/complete\"><button>Approve (complete)</button></form>\
-<form method=\"post\" action=\"/_sim/payment-requests/{id_e}/abort\"><button>Abort</button></form>\
-<form method=\"post\" action=\"/_sim/payment-requests/{id_e}/decline\"><button>Decline</button></form>\
-<p><a href=\"{ret}\">Back to the merchant (return_url)</a></p></body></html>",
-        state = escape(state),
-        note = escape(&note),
-        ret = escape(return_url),
-    );
-    (status, Html(html)).into_response()
-}
-
-/// The customer revokes a token on Klarna's side (no webhook: none is documented).
+/// The customer revokes a token on Klarna's side: `identity.customer-token.state-change.revoked`
+/// goes to subscribed webhooks.
 async fn revoke_token(State(s): St, headers: HeaderMap) -> Response {
     let Some(token) = headers
         .get("x-klarna-customer-token")
@@ -159,13 +126,32 @@ async fn revoke_token(State(s): St, headers: HeaderMap) -> Response {
             "is required",
         ));
     };
-    if s.lock().revoke_customer_token(&token) {
+    if s.lock().revoke_customer_token(&token, RevokedBy::Customer) {
         render(&ApiResponse::empty(204))
     } else {
         render(&ApiResponse::error(
             unconfirmed::IDENTITY_TOKEN_NOT_FOUND,
             "Customer token not found",
         ))
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct PartnerName {
+    name: String,
+}
+
+/// The partner's display name on the journey page.
+async fn set_partner_name(State(s): St, Path(account_id): Path<String>, body: Bytes) -> Response {
+    match parse::<PartnerName>(&body) {
+        Ok(p) if !p.name.trim().is_empty() => {
+            s.lock()
+                .partner_names
+                .insert(account_id, p.name.trim().to_string());
+            render(&ApiResponse::empty(204))
+        }
+        Ok(_) => bad_request("name must not be empty"),
+        Err(e) => bad_request(e),
     }
 }
 
@@ -195,6 +181,30 @@ async fn add_fault(State(s): St, body: Bytes) -> Response {
         }
         Err(e) => bad_request(e),
     }
+}
+
+/// The faults still armed (a fault that never fired is still listed).
+async fn list_faults(State(s): St) -> Response {
+    ok(json!(s.lock().faults))
+}
+
+async fn list_misbehaviours(State(s): St) -> Response {
+    ok(json!(s.lock().misbehaviours))
+}
+
+async fn add_misbehaviour(State(s): St, body: Bytes) -> Response {
+    match parse::<Misbehaviour>(&body) {
+        Ok(m) => {
+            s.lock().misbehaviours.push(m);
+            render(&ApiResponse::empty(204))
+        }
+        Err(e) => bad_request(e),
+    }
+}
+
+async fn clear_misbehaviours(State(s): St) -> Response {
+    s.lock().misbehaviours.clear();
+    render(&ApiResponse::empty(204))
 }
 
 async fn clear_faults(State(s): St) -> Response {

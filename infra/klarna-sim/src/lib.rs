@@ -10,6 +10,9 @@ mod api;
 mod control;
 mod error;
 mod faults;
+mod journey_page;
+mod misbehaviour;
+mod redact;
 mod rules;
 mod server;
 mod state;
@@ -25,16 +28,20 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 pub use faults::{Fault, FaultKind, WebhookFault};
+pub use misbehaviour::{AuthorizeMatch, Misbehaviour, MisbehaviourKind};
 pub use rules::OutcomeRules;
 pub use server::{LoggedRequest, Route};
 pub use state::{can_transition, InvalidTransition, PrState};
 pub use webhooks::{sign as sign_webhook_body, WebhookDelivery, RETRY_SCHEDULE_SECS};
 pub use world::JourneyError;
 
-use world::{Journey, Shared, World};
+use world::{Journey, RevokedBy, Shared, World};
 
 /// The default test partner account id (any account id in a path is accepted).
 pub const DEFAULT_PARTNER_ACCOUNT_ID: &str = "krn:partner:global:account:test:SIMACCT1";
+
+/// The default account of the Acquiring Partner (us): webhooks' `recipient_account_id`.
+pub const DEFAULT_ACQUIRING_PARTNER_ACCOUNT_ID: &str = "krn:partner:global:account:test:SIMAP001";
 
 /// How to start a simulator.
 #[derive(Clone, Debug)]
@@ -48,6 +55,9 @@ pub struct SimConfig {
     pub webhook_url: Option<String>,
     /// How long a delivery may take before it counts as failed.
     pub webhook_timeout: Duration,
+    /// Our own (Acquiring Partner) account: `recipient_account_id` in every webhook, while
+    /// `subject_account_id` is the partner account the event is about.
+    pub acquiring_partner_account_id: String,
 }
 
 impl Default for SimConfig {
@@ -57,6 +67,7 @@ impl Default for SimConfig {
             time_scale: 1.0,
             webhook_url: None,
             webhook_timeout: Duration::from_secs(unconfirmed::WEBHOOK_TIMEOUT_SECS),
+            acquiring_partner_account_id: DEFAULT_ACQUIRING_PARTNER_ACCOUNT_ID.to_string(),
         }
     }
 }
@@ -81,6 +92,7 @@ impl Simulator {
         let mut world = World::new(
             base_url.clone(),
             DEFAULT_PARTNER_ACCOUNT_ID.to_string(),
+            config.acquiring_partner_account_id.clone(),
             events_tx,
         );
         let initial_signing_key = config
@@ -153,6 +165,20 @@ impl SimHandle {
         DEFAULT_PARTNER_ACCOUNT_ID.to_string()
     }
 
+    /// Our (Acquiring Partner) account: `recipient_account_id` of every webhook.
+    pub fn acquiring_partner_account_id(&self) -> String {
+        self.inner.shared.lock().acquiring_partner_account.clone()
+    }
+
+    /// The partner's display name on the hosted journey page ("the customer pays <name>").
+    pub fn set_partner_name(&self, account_id: &str, name: &str) {
+        self.inner
+            .shared
+            .lock()
+            .partner_names
+            .insert(account_id.to_string(), name.to_string());
+    }
+
     /// `(signing_key_id, secret)` of the key created for `webhook_url`.
     pub fn initial_signing_key(&self) -> Option<(String, String)> {
         self.inner.initial_signing_key.clone()
@@ -187,6 +213,23 @@ impl SimHandle {
     /// The next `fault.count` requests to `fault.route` get `fault.kind`.
     pub fn inject(&self, fault: Fault) {
         self.inner.shared.lock().faults.push(fault);
+    }
+
+    /// How many injected faults are still armed for `route` (none fired yet for them).
+    pub fn pending_faults(&self, route: Route) -> u32 {
+        self.inner
+            .shared
+            .lock()
+            .faults
+            .iter()
+            .filter(|f| f.route == route)
+            .map(|f| f.count)
+            .sum()
+    }
+
+    /// The next matching first authorizes misbehave (see [`Misbehaviour`]).
+    pub fn script(&self, misbehaviour: Misbehaviour) {
+        self.inner.shared.lock().misbehaviours.push(misbehaviour);
     }
 
     pub fn inject_webhook(&self, fault: WebhookFault) {
@@ -242,9 +285,13 @@ impl SimHandle {
         self.inner.shared.lock().journey(id, Journey::Expire, None)
     }
 
-    /// The customer revokes a token on Klarna's side. False if the token is unknown.
+    /// The customer revokes a token on Klarna's side (emits the `revoked` webhook). False if
+    /// the token is unknown.
     pub fn revoke_customer_token(&self, token: &str) -> bool {
-        self.inner.shared.lock().revoke_customer_token(token)
+        self.inner
+            .shared
+            .lock()
+            .revoke_customer_token(token, RevokedBy::Customer)
     }
 
     /// Stops the server and background tasks (also when other clones exist).

@@ -103,9 +103,13 @@ async fn main() -> ExitCode {
                 "  webhook:             {} (payment.request.state-change.*)",
                 config.webhook_url.as_deref().unwrap_or_default()
             );
+            // The secret stays off the terminal and out of captured output; tests and scripts
+            // read it from the control endpoint.
+            let _ = secret;
             println!("  signing key id:      {id}");
             println!(
-                "  signing key secret:  {secret}   <- test-only secret, never use in production"
+                "  signing key secret:  curl {}/_sim/signing-keys/initial  (test only)",
+                sim.base_url()
             );
         }
         None => println!(

@@ -16,6 +16,7 @@ use crate::api;
 use crate::error::{ApiResponse, ParamError};
 use crate::faults::{self, FaultKind};
 use crate::unconfirmed;
+use crate::webhooks;
 use crate::world::{IdempotencyRecord, Shared, World};
 
 /// Klarna API routes as the simulator classifies them (for the log, counts and faults).
@@ -23,7 +24,8 @@ use crate::world::{IdempotencyRecord, Shared, World};
 #[serde(rename_all = "snake_case")]
 pub enum Route {
     Authorize,
-    /// Authorize carrying a `Klarna-Network-Session-Token` issued by a completed payment request.
+    /// Authorize carrying a `Klarna-Network-Session-Token` this simulator issued when a payment
+    /// request completed. Any other session token is partner interoperability data: `Authorize`.
     FinalAuthorize,
     ReadPaymentRequest,
     UpdatePaymentRequest,
@@ -66,6 +68,7 @@ pub(crate) enum Matched {
     SigningKey { id: String },
     Webhooks,
     Webhook { id: String },
+    WebhookSimulate { id: String },
     NotFound,
 }
 
@@ -161,6 +164,9 @@ pub(crate) fn match_path(path: &str, default_account: &str) -> Matched {
         }
         ["v2", "notification", "webhooks"] => return Matched::Webhooks,
         ["v2", "notification", "webhooks", id] => return Matched::Webhook { id: id.to_string() },
+        ["v2", "notification", "webhooks", id, "simulate"] => {
+            return Matched::WebhookSimulate { id: id.to_string() }
+        }
         ["v2", "accounts", account, rest @ ..] => (account, rest),
         ["v2", rest @ ..] => (default_account, rest),
         _ => return Matched::NotFound,
@@ -178,16 +184,12 @@ pub(crate) fn match_path(path: &str, default_account: &str) -> Matched {
 }
 
 impl Matched {
-    fn route(&self, method: &Method, headers: &RequestHeaders) -> Route {
+    fn route(&self, method: &Method, headers: &RequestHeaders, w: &World) -> Route {
         match self {
             Matched::Authorize { .. } => {
-                // Our session tokens all carry this prefix; a partner's own forwarded session
-                // token does not, and is a plain authorize.
-                let is_final = headers
-                    .session_token
-                    .as_deref()
-                    .is_some_and(|t| t.starts_with(unconfirmed::SESSION_TOKEN_PREFIX));
-                if is_final {
+                // Klarna's tokens are opaque: only our own issued-token table tells a final
+                // authorize from a first one carrying the partner's interoperability token.
+                if w.issued_session_token(headers.session_token.as_deref()) {
                     Route::FinalAuthorize
                 } else {
                     Route::Authorize
@@ -195,7 +197,7 @@ impl Matched {
             }
             Matched::PaymentRequest { .. } => match *method {
                 Method::GET => Route::ReadPaymentRequest,
-                Method::PUT => Route::UpdatePaymentRequest,
+                Method::PUT | Method::PATCH => Route::UpdatePaymentRequest,
                 Method::DELETE => Route::CancelPaymentRequest,
                 _ => Route::Other,
             },
@@ -203,7 +205,9 @@ impl Matched {
             Matched::Revoke => Route::Revoke,
             Matched::Presentation => Route::Presentation,
             Matched::SigningKeys | Matched::SigningKey { .. } => Route::SigningKeys,
-            Matched::Webhooks | Matched::Webhook { .. } => Route::Webhooks,
+            Matched::Webhooks | Matched::Webhook { .. } | Matched::WebhookSimulate { .. } => {
+                Route::Webhooks
+            }
             Matched::NotFound => Route::Other,
         }
     }
@@ -240,7 +244,8 @@ fn dispatch(w: &mut World, m: &Matched, ctx: &Ctx<'_>) -> ApiResponse {
         },
         Matched::PaymentRequest { id } => match method {
             M::GET => api::requests::read(w, id),
-            M::PUT => api::requests::update(w, id, ctx),
+            // The verb is disputed (PUT in the newer guide, PATCH in the index): both update.
+            M::PUT | M::PATCH => api::requests::update(w, id, ctx),
             M::DELETE => api::requests::cancel(w, id),
             _ => method_not_allowed(&method),
         },
@@ -275,6 +280,10 @@ fn dispatch(w: &mut World, m: &Matched, ctx: &Ctx<'_>) -> ApiResponse {
             M::GET => api::notifications::get_webhook(w, id),
             M::PATCH => api::notifications::patch_webhook(w, id, ctx),
             M::DELETE => api::notifications::delete_webhook(w, id),
+            _ => method_not_allowed(&method),
+        },
+        Matched::WebhookSimulate { id } => match method {
+            M::POST => api::notifications::simulate(w, id, ctx),
             _ => method_not_allowed(&method),
         },
         Matched::NotFound => ApiResponse::error(unconfirmed::ROUTE_NOT_FOUND, "Resource not found"),
@@ -365,9 +374,12 @@ async fn klarna_api(
         ));
     }
     let hdrs = RequestHeaders::from_map(&headers);
-    let default_account = shared.lock().default_account.clone();
-    let matched = match_path(&path, &default_account);
-    let route = matched.route(&method, &hdrs);
+    let (matched, route) = {
+        let w = shared.lock();
+        let matched = match_path(&path, &w.default_account);
+        let route = matched.route(&method, &hdrs, &w);
+        (matched, route)
+    };
     let parts = CtxParts {
         query: uri.query(),
         headers: &hdrs,
@@ -402,6 +414,29 @@ async fn klarna_api(
             Some(kind) => faults::response_for(&kind),
         }
     };
+
+    // A simulated webhook's first attempt runs here, outside the lock, so the answer can say
+    // what the endpoint replied; failures then retry on Klarna's schedule.
+    let simulation = shared.lock().pending_simulation.take();
+    let mut response = response;
+    if let Some(job) = simulation {
+        // Err: shutting down; the answer no longer matters.
+        let status = webhooks::attempt(&shared, &job, 1).await.unwrap_or(None);
+        let delivered = webhooks::is_delivered(status);
+        if !delivered {
+            webhooks::spawn_retries(shared.clone(), job);
+        }
+        let success = response.is_success();
+        if let Some(body) = response.body.as_mut().filter(|_| success) {
+            body["delivery"] = serde_json::json!({"status": status, "delivered": delivered});
+            // A replay under the same idempotency key answers with the delivery result too.
+            if let Some(key) = &hdrs.idempotency_key {
+                if let Some(rec) = shared.lock().idempotency.get_mut(key) {
+                    rec.response = response.clone();
+                }
+            }
+        }
+    }
 
     {
         let mut w = shared.lock();

@@ -155,8 +155,16 @@ impl PaymentRequest {
         self.state.expires().then_some(self.expires_at)
     }
 
+    /// `state_context.customer_interaction`: how the customer is reached (the requested
+    /// `method`, HANDOVER being the only one seen) and where.
     fn customer_interaction(&self) -> Value {
+        let method = self
+            .customer_interaction_config
+            .get("method")
+            .and_then(Value::as_str)
+            .unwrap_or(unconfirmed::DEFAULT_INTERACTION_METHOD);
         json!({
+            "method": method,
             "payment_request_id": self.id,
             "payment_request_url": self.payment_request_url,
         })

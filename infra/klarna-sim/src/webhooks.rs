@@ -96,11 +96,19 @@ pub(crate) struct DeliveryJob {
     pub signature: String,
 }
 
-/// One state change: its deliveries to every matching webhook.
+/// One event: its deliveries to every matching webhook.
 #[derive(Clone, Debug)]
 pub(crate) struct OutgoingEvent {
-    pub pr_id: String,
+    /// The payment request or customer token the event is about (orders the stale fault).
+    pub subject: String,
     pub jobs: Vec<DeliveryJob>,
+}
+
+impl OutgoingEvent {
+    /// For logs: the subject may be a customer token, the event type never is.
+    fn event_type(&self) -> &str {
+        self.jobs.first().map_or("", |j| j.event_type.as_str())
+    }
 }
 
 /// Sends events in order, applying the armed webhook faults.
@@ -109,7 +117,7 @@ pub(crate) async fn run_dispatcher(
     mut rx: mpsc::UnboundedReceiver<OutgoingEvent>,
 ) {
     let mut held: Option<OutgoingEvent> = None;
-    let mut last_by_pr: HashMap<String, OutgoingEvent> = HashMap::new();
+    let mut last_by_subject: HashMap<String, OutgoingEvent> = HashMap::new();
     let release = Duration::from_millis(unconfirmed::OUT_OF_ORDER_RELEASE_MS);
     loop {
         let next = tokio::select! {
@@ -124,7 +132,7 @@ pub(crate) async fn run_dispatcher(
             _ = shared.stopped() => return,
         };
         let Some(ev) = next else { return };
-        let previous = last_by_pr.insert(ev.pr_id.clone(), ev.clone());
+        let previous = last_by_subject.insert(ev.subject.clone(), ev.clone());
 
         let (hold, duplicate, stale) = {
             let mut w = shared.lock();
@@ -135,7 +143,10 @@ pub(crate) async fn run_dispatcher(
             (hold, duplicate, stale)
         };
         if hold {
-            tracing::info!(pr = %ev.pr_id, "webhook fault: holding event back");
+            tracing::info!(
+                event_type = ev.event_type(),
+                "webhook fault: holding event back"
+            );
             held = Some(ev);
             continue;
         }
@@ -148,7 +159,10 @@ pub(crate) async fn run_dispatcher(
         }
         if stale {
             if let Some(p) = previous {
-                tracing::info!(pr = %p.pr_id, "webhook fault: re-delivering a stale event");
+                tracing::info!(
+                    event_type = p.event_type(),
+                    "webhook fault: re-delivering a stale event"
+                );
                 deliver_event(&shared, &p).await;
             }
         }
@@ -166,13 +180,20 @@ fn take_one(counter: &mut u32) -> bool {
 
 async fn deliver_event(shared: &Arc<Shared>, ev: &OutgoingEvent) {
     for job in &ev.jobs {
-        if !attempt(shared, job, 1).await {
-            spawn_retries(shared.clone(), job.clone());
+        match attempt(shared, job, 1).await {
+            Ok(status) if is_delivered(status) => {}
+            Ok(_) => spawn_retries(shared.clone(), job.clone()),
+            Err(Stopped) => return,
         }
     }
 }
 
-fn spawn_retries(shared: Arc<Shared>, job: DeliveryJob) {
+/// Klarna counts 200, 201, 202 and 204 as delivered; anything else or no answer is retried.
+pub(crate) fn is_delivered(status: Option<u16>) -> bool {
+    matches!(status, Some(200 | 201 | 202 | 204))
+}
+
+pub(crate) fn spawn_retries(shared: Arc<Shared>, job: DeliveryJob) {
     tokio::spawn(async move {
         for (i, secs) in RETRY_SCHEDULE_SECS.iter().enumerate() {
             tokio::select! {
@@ -180,16 +201,25 @@ fn spawn_retries(shared: Arc<Shared>, job: DeliveryJob) {
                 _ = shared.stopped() => return,
             }
             let n = u32::try_from(i).unwrap_or(u32::MAX).saturating_add(2);
-            if attempt(&shared, &job, n).await {
-                return;
+            match attempt(&shared, &job, n).await {
+                Ok(status) if !is_delivered(status) => {}
+                Ok(_) | Err(Stopped) => return,
             }
         }
         tracing::warn!(event_id = %job.event_id, url = %job.url, "webhook permanently failed");
     });
 }
 
-/// One attempt; true when the receiver answered 200, 201, 202 or 204.
-async fn attempt(shared: &Arc<Shared>, job: &DeliveryJob, n: u32) -> bool {
+/// The simulator is shutting down: the attempt was abandoned and not recorded.
+#[derive(Debug)]
+pub(crate) struct Stopped;
+
+/// One attempt; the receiver's status (None: timeout or connection error).
+pub(crate) async fn attempt(
+    shared: &Arc<Shared>,
+    job: &DeliveryJob,
+    n: u32,
+) -> Result<Option<u16>, Stopped> {
     let (key_id, signature) = {
         let mut w = shared.lock();
         let f = &mut w.webhook_faults;
@@ -223,9 +253,8 @@ async fn attempt(shared: &Arc<Shared>, job: &DeliveryJob, n: u32) -> bool {
                 None
             }
         },
-        _ = shared.stopped() => return true,
+        _ = shared.stopped() => return Err(Stopped),
     };
-    let delivered = matches!(status, Some(200 | 201 | 202 | 204));
     tracing::info!(
         event_id = %job.event_id,
         event_type = %job.event_type,
@@ -243,7 +272,7 @@ async fn attempt(shared: &Arc<Shared>, job: &DeliveryJob, n: u32) -> bool {
         at,
         signing_key_id: key_id,
     });
-    delivered
+    Ok(status)
 }
 
 #[cfg(test)]

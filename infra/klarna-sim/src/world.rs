@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::error::ApiResponse;
 use crate::faults::{Fault, WebhookFaultState};
+use crate::misbehaviour::Misbehaviour;
 use crate::rules::OutcomeRules;
 use crate::server::LoggedRequest;
 use crate::state::{rfc3339, Completion, InvalidTransition, PaymentRequest, PrState};
@@ -65,6 +66,8 @@ impl Shared {
 #[derive(Clone, Debug)]
 pub(crate) struct CustomerToken {
     pub id: String,
+    /// The partner account the token was issued for (the webhook's `subject_account_id`).
+    pub account: String,
     pub scopes: Vec<String>,
     pub reference: Option<String>,
     pub issued_at: DateTime<Utc>,
@@ -159,10 +162,23 @@ pub enum JourneyError {
     InvalidState(#[from] InvalidTransition),
 }
 
+/// Who revoked a customer token on Klarna's side (the webhook's `state_reason`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RevokedBy {
+    /// The customer, in the Klarna app (the `/_sim` control).
+    Customer,
+    /// The partner, through the Identity API.
+    Partner,
+}
+
 pub(crate) struct World {
     clock_offset: Duration,
     pub base_url: String,
     pub default_account: String,
+    /// Our own account (the Acquiring Partner): the webhooks' `recipient_account_id`.
+    pub acquiring_partner_account: String,
+    /// Display names of partner accounts, shown on the hosted journey page.
+    pub partner_names: HashMap<String, String>,
     pub prs: HashMap<String, PaymentRequest>,
     pub customer_tokens: HashMap<String, CustomerToken>,
     pub session_tokens: HashMap<String, SessionToken>,
@@ -172,6 +188,10 @@ pub(crate) struct World {
     pub requests: Vec<LoggedRequest>,
     pub deliveries: Vec<WebhookDelivery>,
     pub faults: Vec<Fault>,
+    pub misbehaviours: Vec<Misbehaviour>,
+    /// A simulated webhook built by `POST …/webhooks/{id}/simulate`, sent by the server after
+    /// the handler (the first attempt needs to await outside the lock).
+    pub pending_simulation: Option<DeliveryJob>,
     pub webhook_faults: WebhookFaultState,
     pub rules: OutcomeRules,
     pub initial_signing_key: Option<(String, String)>,
@@ -182,12 +202,15 @@ impl World {
     pub fn new(
         base_url: String,
         default_account: String,
+        acquiring_partner_account: String,
         events: mpsc::UnboundedSender<OutgoingEvent>,
     ) -> Self {
         Self {
             clock_offset: Duration::zero(),
             base_url,
             default_account,
+            acquiring_partner_account,
+            partner_names: HashMap::new(),
             prs: HashMap::new(),
             customer_tokens: HashMap::new(),
             session_tokens: HashMap::new(),
@@ -197,6 +220,8 @@ impl World {
             requests: Vec::new(),
             deliveries: Vec::new(),
             faults: Vec::new(),
+            misbehaviours: Vec::new(),
+            pending_simulation: None,
             webhook_faults: WebhookFaultState::default(),
             rules: OutcomeRules::default(),
             initial_signing_key: None,
@@ -274,19 +299,31 @@ impl World {
         self.emit(&id);
     }
 
-    /// Builds one signed delivery per ENABLED matching webhook and hands them to the dispatcher.
+    /// The state-change event of a payment request, to every matching webhook.
     fn emit(&mut self, pr_id: &str) {
         let Some(pr) = self.prs.get(pr_id) else {
             return;
         };
-        let event_type = pr.state.event_type();
-        let payload = pr.webhook_payload();
-        let account = pr.account.clone();
-        let occurred_at = rfc3339(self.now());
-        let product_instance_id = format!(
-            "krn:partner:global:account:product:payment:{}",
-            uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, account.as_bytes()).simple()
+        let (event_type, payload, account) = (
+            pr.state.event_type(),
+            pr.webhook_payload(),
+            pr.account.clone(),
         );
+        self.emit_event(pr_id, &event_type, &account, payload);
+    }
+
+    /// `payment.request.updated` after an update (after-payments §1).
+    pub fn emit_updated(&mut self, pr_id: &str) {
+        let Some(pr) = self.prs.get(pr_id) else {
+            return;
+        };
+        let (payload, account) = (pr.webhook_payload(), pr.account.clone());
+        self.emit_event(pr_id, unconfirmed::PR_UPDATED_EVENT, &account, payload);
+    }
+
+    /// Builds one signed delivery per ENABLED webhook subscribed to `event_type` and hands them
+    /// to the dispatcher. `subject` orders events of one resource (payment request or token).
+    pub fn emit_event(&mut self, subject: &str, event_type: &str, account: &str, payload: Value) {
         let mut jobs = Vec::new();
         for wh in self
             .webhooks
@@ -295,46 +332,67 @@ impl World {
             .filter(|w| {
                 w.event_types
                     .iter()
-                    .any(|p| webhooks::event_matches(p, &event_type))
+                    .any(|p| webhooks::event_matches(p, event_type))
             })
         {
-            let Some(key) = self.signing_keys.iter().find(|k| k.id == wh.signing_key_id) else {
-                tracing::warn!(webhook_id = %wh.id, "webhook has no signing key; not delivered");
-                continue;
-            };
-            let event_id = uuid::Uuid::new_v4().to_string();
-            let body = json!({
-                "metadata": {
-                    "event_id": event_id,
-                    "event_type": event_type,
-                    "event_version": wh.event_version,
-                    "occurred_at": occurred_at,
-                    "correlation_id": uuid::Uuid::new_v4().to_string(),
-                    "subject_account_id": account,
-                    "recipient_account_id": account,
-                    "product_instance_id": product_instance_id,
-                    "webhook_id": wh.id,
-                    "live": false,
-                },
-                "payload": payload,
-            });
-            let bytes = serde_json::to_vec(&body).unwrap_or_default();
-            let signature = webhooks::sign(&key.secret, &bytes);
-            jobs.push(DeliveryJob {
-                event_id,
-                event_type: event_type.clone(),
-                url: wh.url.clone(),
-                body: Arc::new(bytes),
-                signing_key_id: key.id.clone(),
-                signature,
-            });
+            match self.signed_job(wh, event_type, account, &payload) {
+                Some(job) => jobs.push(job),
+                None => {
+                    tracing::warn!(webhook_id = %wh.id, "webhook has no signing key; not delivered")
+                }
+            }
         }
         if !jobs.is_empty() {
             let _ = self.events.send(OutgoingEvent {
-                pr_id: pr_id.to_string(),
+                subject: subject.to_string(),
                 jobs,
             });
         }
+    }
+
+    /// The envelope for one webhook, signed with its key (None if the key is gone).
+    /// `subject_account_id` is the partner's account, `recipient_account_id` ours.
+    pub fn signed_job(
+        &self,
+        wh: &Webhook,
+        event_type: &str,
+        account: &str,
+        payload: &Value,
+    ) -> Option<DeliveryJob> {
+        let key = self
+            .signing_keys
+            .iter()
+            .find(|k| k.id == wh.signing_key_id)?;
+        let product_instance_id = format!(
+            "krn:partner:global:account:product:payment:{}",
+            uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, account.as_bytes()).simple()
+        );
+        let event_id = uuid::Uuid::new_v4().to_string();
+        let body = json!({
+            "metadata": {
+                "event_id": event_id,
+                "event_type": event_type,
+                "event_version": wh.event_version,
+                "occurred_at": rfc3339(self.now()),
+                "correlation_id": uuid::Uuid::new_v4().to_string(),
+                "subject_account_id": account,
+                "recipient_account_id": self.acquiring_partner_account,
+                "product_instance_id": product_instance_id,
+                "webhook_id": wh.id,
+                "live": false,
+            },
+            "payload": payload,
+        });
+        let bytes = serde_json::to_vec(&body).unwrap_or_default();
+        let signature = webhooks::sign(&key.secret, &bytes);
+        Some(DeliveryJob {
+            event_id,
+            event_type: event_type.to_string(),
+            url: wh.url.clone(),
+            body: Arc::new(bytes),
+            signing_key_id: key.id.clone(),
+            signature,
+        })
     }
 
     /// One step of the customer journey. Steps that need IN_PROGRESS open a SUBMITTED request
@@ -426,6 +484,7 @@ impl World {
                 unconfirmed::CUSTOMER_TOKEN_ID_PREFIX,
                 uuid::Uuid::new_v4()
             ),
+            account: pr.account.clone(),
             scopes: req.scopes.clone(),
             reference: req.reference.clone(),
             issued_at: now,
@@ -450,8 +509,10 @@ impl World {
             email,
         });
         if let Some(t) = customer_token {
+            tracing::info!(payment_request_id = id, customer_token = %crate::redact::secret(&t.id), "customer token issued");
             self.customer_tokens.insert(t.id.clone(), t);
         }
+        tracing::info!(payment_request_id = id, session_token = %crate::redact::secret(&session_token), "network session token issued");
         self.session_tokens.insert(
             session_token,
             SessionToken {
@@ -461,6 +522,12 @@ impl World {
             },
         );
         self.set_state(id, PrState::Completed, None)
+    }
+
+    /// Whether `token` is a network session token this simulator issued at a completion (never
+    /// judged by its shape: Klarna's tokens are opaque).
+    pub fn issued_session_token(&self, token: Option<&str>) -> bool {
+        token.is_some_and(|t| self.session_tokens.contains_key(t))
     }
 
     pub fn pr_json(&self, id: &str) -> Value {
@@ -506,16 +573,32 @@ impl World {
         pair
     }
 
-    /// The customer revokes a token on Klarna's side. Returns false if unknown.
-    pub fn revoke_customer_token(&mut self, token: &str) -> bool {
+    /// Revokes a token on Klarna's side and emits
+    /// `identity.customer-token.state-change.revoked`. False if the token is unknown; revoking
+    /// an already revoked token changes nothing and emits nothing.
+    pub fn revoke_customer_token(&mut self, token: &str, by: RevokedBy) -> bool {
         let now = self.now();
-        match self.customer_tokens.get_mut(token) {
-            Some(t) => {
-                t.revoked_at.get_or_insert(now);
-                true
-            }
-            None => false,
+        let Some(t) = self.customer_tokens.get_mut(token) else {
+            return false;
+        };
+        if t.revoked_at.is_some() {
+            return true;
         }
+        t.revoked_at = Some(now);
+        let t = t.clone();
+        tracing::info!(customer_token = %crate::redact::secret(&t.id), ?by, "customer token revoked");
+        let reason = match by {
+            RevokedBy::Customer => unconfirmed::TOKEN_REVOKED_BY_CUSTOMER,
+            RevokedBy::Partner => unconfirmed::TOKEN_REVOKED_BY_PARTNER,
+        };
+        let payload = unconfirmed::token_revoked_payload(
+            &t.id,
+            t.reference.as_deref(),
+            reason,
+            &rfc3339(now),
+        );
+        self.emit_event(&t.id, unconfirmed::TOKEN_REVOKED_EVENT, &t.account, payload);
+        true
     }
 }
 

@@ -20,6 +20,7 @@ COMMANDS
   signing-key delete   delete an unused signing key at Klarna and from the store
   webhook register     register this backend's webhook endpoint at Klarna
   webhook show         the registered webhooks
+  webhook test         have Klarna send a signed test event and report the endpoint's answer
   rotate               replace the webhook signing key without refusing a valid webhook
 
 COMMON OPTIONS
@@ -32,7 +33,7 @@ COMMON OPTIONS
                           docs/operations.md). A failing command stops the operation.
 ";
 
-const COMMANDS: &str = "signing-key create|list|delete, webhook register|show, rotate";
+const COMMANDS: &str = "signing-key create|list|delete, webhook register|show|test, rotate";
 
 pub const HELP_KEY_CREATE: &str = "\
 USAGE
@@ -77,6 +78,19 @@ Lists the registered webhooks: id, url, event types, status, signing key (and, w
 --key-store, whether the webhook function has that key).
 ";
 
+pub const HELP_WEBHOOK_TEST: &str = "\
+USAGE
+  klarna-ops klarna webhook test [--webhook-id ID] [--event-type TYPE] [--event-version V] [--json]
+
+Checks a deployed webhook end to end: Klarna signs and sends a simulated event of TYPE
+(default payment.request.state-change.submitted, version v2) to the webhook's URL
+(POST /v2/notification/webhooks/{id}/simulate). Succeeds only if the endpoint accepted it
+(200/201/202/204); a refusal (e.g. 400: the webhook function lacks the signing key) or no
+answer is an error, and Klarna retries the event on its schedule. --webhook-id may be left out
+when exactly one webhook is registered. The simulated event names a payment request that does
+not exist, so the backend acknowledges and keeps it without acting.
+";
+
 pub const HELP_ROTATE: &str = "\
 USAGE
   klarna-ops klarna rotate --grace-seconds N --key-store STORE [--propagation-seconds N]
@@ -111,8 +125,9 @@ pub async fn dispatch(rest: &[&str], args: &Args, ctx: &Ctx) -> Result<Report, O
         ),
         ["webhook", "register", ..] => webhook_register(args, ctx).await,
         ["webhook", "show", ..] => webhook_show(args, ctx).await,
+        ["webhook", "test", ..] => webhook_test(args, ctx).await,
         ["webhook", rest2 @ ..] => {
-            group_usage("klarna webhook", rest2, args, HELP, "register, show")
+            group_usage("klarna webhook", rest2, args, HELP, "register, show, test")
         }
         ["rotate", ..] => rotate_cmd(args, ctx).await,
         _ => group_usage("klarna", rest, args, HELP, COMMANDS),
@@ -348,6 +363,25 @@ impl Notifications {
             .await?
             .unwrap_or(Value::Null);
         serde_json::from_value(v).map_err(|e| OpsError::Klarna(format!("webhook answer: {e}")))
+    }
+
+    /// Asks Klarna to send a signed simulated event to the webhook; returns Klarna's answer.
+    pub async fn simulate_webhook(
+        &self,
+        webhook_id: &str,
+        event_type: &str,
+        event_version: &str,
+    ) -> Result<Value, OpsError> {
+        self.call(
+            reqwest::Method::POST,
+            &format!(
+                "/v2/notification/webhooks/{}/simulate",
+                encode_segment(webhook_id)
+            ),
+            Some(json!({ "event_type": event_type, "event_version": event_version })),
+        )
+        .await
+        .map(|v| v.unwrap_or(Value::Null))
     }
 
     pub async fn set_webhook_key(&self, webhook_id: &str, key_id: &str) -> Result<(), OpsError> {
@@ -651,6 +685,109 @@ async fn webhook_show(args: &Args, ctx: &Ctx) -> Result<Report, OpsError> {
     Ok(Report::new(text, json!({ "webhooks": rows })))
 }
 
+/// The event type `webhook test` simulates by default: a state change the backend acknowledges
+/// for an unknown payment request without acting on it.
+pub const DEFAULT_TEST_EVENT: &str = "payment.request.state-change.submitted";
+
+/// What the endpoint answered to a simulated event, from Klarna's simulate answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SimulationResult {
+    /// The endpoint answered this status; `true` if Klarna counts it as delivered.
+    Answered(Option<u16>, bool),
+    /// Klarna's answer does not say (the event may still be delivered).
+    Unreported,
+}
+
+/// Reads `delivery{status, delivered}` from a simulate answer. Delivered means 200/201/202/204
+/// (Klarna's rule), recomputed from the status rather than trusted blindly.
+pub fn simulation_result(answer: &Value) -> SimulationResult {
+    let Some(d) = answer.get("delivery").filter(|d| d.is_object()) else {
+        return SimulationResult::Unreported;
+    };
+    let status = d["status"].as_u64().and_then(|s| u16::try_from(s).ok());
+    let delivered = matches!(status, Some(200 | 201 | 202 | 204));
+    SimulationResult::Answered(status, delivered)
+}
+
+async fn webhook_test(args: &Args, ctx: &Ctx) -> Result<Report, OpsError> {
+    if args.help() {
+        return Ok(Report::help(HELP_WEBHOOK_TEST));
+    }
+    args.only(3, &["webhook-id", "event-type", "event-version"])?;
+    let event_type = args.opt("event-type")?.unwrap_or(DEFAULT_TEST_EVENT).trim();
+    let event_version = args.opt("event-version")?.unwrap_or("v2").trim();
+    if event_type.is_empty() || event_version.is_empty() {
+        return Err(OpsError::Usage(
+            "--event-type and --event-version must not be empty".into(),
+        ));
+    }
+    let klarna = Notifications::from_ctx(args, ctx)?;
+    let hooks = klarna.list_webhooks().await?;
+    let hook = match args.opt("webhook-id")? {
+        Some(id) => hooks
+            .into_iter()
+            .find(|h| h.webhook_id == id)
+            .ok_or_else(|| OpsError::NotFound(format!("webhook {id}")))?,
+        None => match <[Webhook; 1]>::try_from(hooks) {
+            Ok([one]) => one,
+            Err(hooks) if hooks.is_empty() => {
+                return Err(OpsError::NotFound(
+                    "no webhook is registered at Klarna: use `klarna webhook register`".into(),
+                ))
+            }
+            Err(hooks) => {
+                return Err(OpsError::Usage(format!(
+                    "several webhooks are registered; choose one with --webhook-id ({})",
+                    hooks
+                        .iter()
+                        .map(|h| h.webhook_id.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )))
+            }
+        },
+    };
+    let answer = klarna
+        .simulate_webhook(&hook.webhook_id, event_type, event_version)
+        .await?;
+    let event_id = answer["event_id"].as_str().unwrap_or("?").to_owned();
+    let summary = |status: Option<u16>, accepted: Option<bool>| {
+        json!({
+            "webhook_id": hook.webhook_id,
+            "url": hook.url,
+            "event_type": event_type,
+            "event_version": event_version,
+            "event_id": event_id,
+            "status": status,
+            "accepted": accepted,
+        })
+    };
+    match simulation_result(&answer) {
+        SimulationResult::Answered(status, true) => Ok(Report::new(
+            format!(
+                "Webhook {} at {} accepted the signed {event_type} test event {event_id} (HTTP {}).\n",
+                hook.webhook_id,
+                hook.url,
+                status.map_or("?".into(), |s| s.to_string())
+            ),
+            summary(status, Some(true)),
+        )),
+        SimulationResult::Answered(status, false) => Err(OpsError::Failed(format!(
+            "webhook {} at {} did not accept the signed test event {event_id}: {}. Klarna retries it on its schedule. A 400 usually means the webhook function does not have signing key {} (see `klarna signing-key list --key-store …`).",
+            hook.webhook_id,
+            hook.url,
+            match status {
+                Some(s) => format!("it answered HTTP {s}"),
+                None => "no answer (timeout or connection error)".to_owned(),
+            },
+            hook.signing_key_id
+        ))),
+        SimulationResult::Unreported => Err(OpsError::Failed(format!(
+            "Klarna accepted the simulation (event {event_id}) but did not report the endpoint's answer; look for event_id {event_id} in the webhook function's log to confirm delivery"
+        ))),
+    }
+}
+
 // ------------------------------------------------------------------------------- rotation
 
 #[derive(Clone, Debug)]
@@ -858,6 +995,25 @@ async fn rotate_cmd(args: &Args, ctx: &Ctx) -> Result<Report, OpsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn simulation_results() {
+        let r = |v: Value| simulation_result(&v);
+        assert_eq!(
+            r(json!({"delivery": {"status": 204, "delivered": true}})),
+            SimulationResult::Answered(Some(204), true)
+        );
+        // The status decides, not a `delivered` flag that disagrees with it.
+        assert_eq!(
+            r(json!({"delivery": {"status": 302, "delivered": true}})),
+            SimulationResult::Answered(Some(302), false)
+        );
+        assert_eq!(
+            r(json!({"delivery": {"status": null}})),
+            SimulationResult::Answered(None, false)
+        );
+        assert_eq!(r(json!({"event_id": "e"})), SimulationResult::Unreported);
+    }
 
     #[test]
     fn path_segments_are_encoded() {

@@ -2,8 +2,9 @@
 //!
 //! - `partner create|show|disable|enable|subscribe`: partner queues (FIFO + DLQ, SSE, optional
 //!   consumer policy), the partner record, its API key and notification secret (shown once).
-//! - `klarna signing-key create|list|delete`, `klarna webhook register|show`, `klarna rotate`:
-//!   Klarna's Notifications API and the key store the webhook function reads.
+//! - `klarna signing-key create|list|delete`, `klarna webhook register|show|test`, `klarna rotate`:
+//!   Klarna's Notifications API and the key store the webhook function reads; `webhook test`
+//!   has Klarna send a signed test event and reports whether the endpoint accepted it.
 //! - `dlq list|redrive`: what is stuck in the dead-letter queues, and moving it back.
 //!
 //! Everything runs through [`run`] with a [`Ctx`] (SDK configuration, table, Klarna endpoint),
@@ -243,7 +244,7 @@ PARTNERS
 
 KLARNA WEBHOOKS (Notifications API)
   klarna signing-key create|list|delete
-  klarna webhook register --url URL | show
+  klarna webhook register --url URL | show | test [--webhook-id ID]
   klarna rotate --grace-seconds N [--propagation-seconds N]
 
 DEAD-LETTER QUEUES
@@ -347,6 +348,7 @@ mod tests {
             "klarna webhook",
             "klarna webhook register",
             "klarna webhook show",
+            "klarna webhook test",
             "klarna rotate",
             "dlq",
             "dlq list",

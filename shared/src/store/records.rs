@@ -109,6 +109,10 @@ pub struct TokenRecord {
     /// concurrent revokes of one token make one Klarna call.
     #[serde(default)]
     pub revoke_lease_until_ms: Option<i64>,
+    /// Who holds the revoke lease (random per request), so a request whose lease write was
+    /// applied but whose answer was lost still knows the lease is its own.
+    #[serde(default)]
+    pub revoke_lease_owner: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

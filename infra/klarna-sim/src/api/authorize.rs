@@ -6,6 +6,7 @@ use serde_json::{json, Map, Value};
 
 use super::{amount, currency, field, opt_string, positive_amount};
 use crate::error::{ApiResponse, ParamError};
+use crate::misbehaviour::MisbehaviourKind;
 use crate::rules::{Decision, Facts, KNOWN_SCOPES};
 use crate::server::Ctx;
 use crate::state::{PaymentRequest, PrState, RequestedToken};
@@ -234,19 +235,15 @@ fn parse_step_up(
             "return_url or app_return_url is required",
         ));
     }
-    let expires_at = match field(c, "interaction_expiry").or_else(|| field(s, "interaction_expiry"))
-    {
+    let expires_at = match field(c, "interaction_expiry") {
         None => None,
-        Some(v) => {
-            let t = unconfirmed::parse_interaction_expiry(v, now);
-            if t.is_none() {
-                errs.push(ParamError::new(
-                    format!("{p}.interaction_expiry"),
-                    "must be a future RFC 3339 timestamp or a positive number of seconds",
-                ));
+        Some(v) => match unconfirmed::parse_interaction_expiry(v, now) {
+            Ok(t) => Some(t),
+            Err(why) => {
+                errs.push(ParamError::new(format!("{p}.interaction_expiry"), why));
+                None
             }
-            t
-        }
+        },
     };
     Some(StepUp {
         reference,
@@ -261,11 +258,13 @@ pub(crate) fn handle(w: &mut World, account: &str, ctx: &Ctx<'_>) -> ApiResponse
         Ok(None) => return ApiResponse::invalid("body", "a JSON object is required"),
         Err(e) => return e,
     };
+    // Final only with a session token we issued at completion; any other one is the partner's
+    // interoperability token, forwarded on a first authorize.
     if let Some(token) = ctx
         .headers
         .session_token
         .as_deref()
-        .filter(|t| t.starts_with(unconfirmed::SESSION_TOKEN_PREFIX))
+        .filter(|t| w.issued_session_token(Some(t)))
     {
         return final_authorize(w, token, &body, ctx);
     }
@@ -300,6 +299,30 @@ pub(crate) fn handle(w: &mut World, account: &str, ctx: &Ctx<'_>) -> ApiResponse
         );
     }
 
+    let scripted = crate::misbehaviour::take(
+        &mut w.misbehaviours,
+        existing.is_some(),
+        input.step_up.is_some(),
+    );
+    match scripted {
+        None => {}
+        Some(MisbehaviourKind::StepUpRequired) => {
+            tracing::info!("misbehaviour: STEP_UP_REQUIRED");
+            let mut input = input;
+            // A customer-not-present call has no step_up_config; the request still needs one.
+            input.step_up.get_or_insert_with(|| StepUp {
+                reference: None,
+                interaction_config: json!({"method": unconfirmed::DEFAULT_INTERACTION_METHOD}),
+                expires_at: None,
+            });
+            return step_up(w, account, input, ctx.now);
+        }
+        Some(MisbehaviourKind::UnknownResult(result)) => {
+            tracing::info!(%result, "misbehaviour: unknown result");
+            return unknown_result(&input, &result);
+        }
+    }
+
     let decision = w.rules.decide(&Facts {
         email: input.email(),
         token_scopes: existing.as_ref().map(|t| t.scopes.as_slice()),
@@ -308,7 +331,7 @@ pub(crate) fn handle(w: &mut World, account: &str, ctx: &Ctx<'_>) -> ApiResponse
     });
     tracing::info!(?decision, "authorize");
     match decision {
-        Decision::Approve => approve(w, &input, existing, ctx.now),
+        Decision::Approve => approve(w, account, &input, existing, ctx.now),
         Decision::Decline(reason) => decline(&input, &reason),
         Decision::StepUp => step_up(w, account, input, ctx.now),
     }
@@ -330,6 +353,7 @@ fn token_block(t: &CustomerToken) -> Value {
 
 fn approve(
     w: &mut World,
+    account: &str,
     input: &Input,
     existing: Option<CustomerToken>,
     now: DateTime<Utc>,
@@ -350,11 +374,13 @@ fn approve(
                     unconfirmed::CUSTOMER_TOKEN_ID_PREFIX,
                     uuid::Uuid::new_v4()
                 ),
+                account: account.to_string(),
                 scopes: req.scopes.clone(),
                 reference: req.reference.clone(),
                 issued_at: now,
                 revoked_at: None,
             };
+            tracing::info!(customer_token = %crate::redact::secret(&t.id), "customer token issued without journey");
             w.customer_tokens.insert(t.id.clone(), t.clone());
             t
         });
@@ -379,6 +405,24 @@ fn decline(input: &Input, reason: &str) -> ApiResponse {
         out.insert(
             "customer_token_response".into(),
             json!({"result": "DECLINED", "result_reason": reason}),
+        );
+    }
+    ApiResponse::json(unconfirmed::AUTHORIZE_SUCCESS_STATUS, Value::Object(out))
+}
+
+/// A `result` outside Klarna's three (scripted): nothing authorized, no transaction, no token.
+fn unknown_result(input: &Input, result: &str) -> ApiResponse {
+    let mut out = Map::new();
+    if input.transaction.is_some() {
+        out.insert(
+            "payment_transaction_response".into(),
+            json!({ "result": result }),
+        );
+    }
+    if input.token_request.is_some() {
+        out.insert(
+            "customer_token_response".into(),
+            json!({ "result": result }),
         );
     }
     ApiResponse::json(unconfirmed::AUTHORIZE_SUCCESS_STATUS, Value::Object(out))
@@ -443,9 +487,10 @@ fn step_up(w: &mut World, account: &str, input: Input, now: DateTime<Utc>) -> Ap
 /// session token is valid 60 min and doubles as idempotency key.
 fn final_authorize(w: &mut World, token: &str, body: &Value, ctx: &Ctx<'_>) -> ApiResponse {
     let Some(session) = w.session_tokens.get(token).cloned() else {
+        // Unreachable: the caller checked the issued-token table under the same lock.
         return ApiResponse::error(
-            unconfirmed::SESSION_TOKEN_NOT_FOUND,
-            "Unknown Klarna-Network-Session-Token",
+            unconfirmed::TECHNICAL_ERROR,
+            "Klarna-Network-Session-Token vanished",
         );
     };
     if let Some((used_body, response)) = &session.used {
@@ -466,8 +511,8 @@ fn final_authorize(w: &mut World, token: &str, body: &Value, ctx: &Ctx<'_>) -> A
     }
     let Some(pr) = w.prs.get(&session.pr_id).cloned() else {
         return ApiResponse::error(
-            unconfirmed::SESSION_TOKEN_NOT_FOUND,
-            "Unknown Klarna-Network-Session-Token",
+            unconfirmed::RESOURCE_NOT_FOUND,
+            "The payment request of this Klarna-Network-Session-Token is gone",
         );
     };
     if pr.state != PrState::Completed {
@@ -573,7 +618,7 @@ fn final_mismatch(pr: &PaymentRequest, input: &Input) -> Option<ParamError> {
 /// `Klarna-Customer-Token` is sent (an unknown or revoked one is refused as at authorize).
 pub(crate) fn presentation(w: &World, ctx: &Ctx<'_>) -> ApiResponse {
     let personalised = match ctx.headers.customer_token.as_deref() {
-        None => false,
+        None => None,
         Some(t) => match w.customer_tokens.get(t) {
             None => {
                 return ApiResponse::error(
@@ -587,7 +632,7 @@ pub(crate) fn presentation(w: &World, ctx: &Ctx<'_>) -> ApiResponse {
                     "The customer token has been revoked",
                 )
             }
-            Some(_) => true,
+            Some(tok) => Some(tok.id.as_str()),
         },
     };
     let mut currency_param = None;
@@ -626,10 +671,9 @@ pub(crate) fn presentation(w: &World, ctx: &Ctx<'_>) -> ApiResponse {
         }
     };
     match cur {
-        Some(c) if errs.is_empty() => ApiResponse::json(
-            200,
-            unconfirmed::presentation_options(&c, amt, personalised),
-        ),
+        Some(c) if errs.is_empty() => {
+            ApiResponse::json(200, unconfirmed::presentation(&c, amt, personalised))
+        }
         _ => ApiResponse::validation(errs),
     }
 }

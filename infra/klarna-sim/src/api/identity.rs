@@ -6,7 +6,7 @@ use serde_json::json;
 use crate::error::ApiResponse;
 use crate::server::Ctx;
 use crate::unconfirmed;
-use crate::world::{CustomerToken, World};
+use crate::world::{CustomerToken, RevokedBy, World};
 
 const MAX_TOKEN_LEN: usize = 1024;
 
@@ -52,13 +52,16 @@ pub(crate) fn introspect(w: &mut World, ctx: &Ctx<'_>) -> ApiResponse {
     }
 }
 
-/// After revoke, charges with the token are refused.
+/// After revoke, charges with the token are refused; subscribed webhooks get
+/// `identity.customer-token.state-change.revoked`. Answers `{"customer_token_reference"}`.
 pub(crate) fn revoke(w: &mut World, ctx: &Ctx<'_>) -> ApiResponse {
-    let id = match active_token(w, ctx) {
-        Ok(t) => t.id.clone(),
+    let (id, reference) = match active_token(w, ctx) {
+        Ok(t) => (t.id.clone(), t.reference.clone()),
         Err(e) => return e,
     };
-    w.revoke_customer_token(&id);
-    tracing::info!(customer_token = %id, "customer token revoked by partner");
-    ApiResponse::empty(unconfirmed::REVOKE_SUCCESS_STATUS)
+    w.revoke_customer_token(&id, RevokedBy::Partner);
+    ApiResponse::json(
+        unconfirmed::REVOKE_SUCCESS_STATUS,
+        json!({ "customer_token_reference": reference }),
+    )
 }

@@ -264,3 +264,59 @@ pub(crate) fn delete_webhook(w: &mut World, id: &str) -> ApiResponse {
     }
     ApiResponse::empty(204)
 }
+
+/// `POST /v2/notification/webhooks/{id}/simulate` with `{event_type, event_version}`: a signed
+/// test event of that type to the webhook's URL. The server makes the first attempt and adds
+/// its result (`delivery`) to this answer; failures retry on Klarna's schedule.
+pub(crate) fn simulate(w: &mut World, id: &str, ctx: &Ctx<'_>) -> ApiResponse {
+    let Some(hook) = w.webhooks.iter().find(|h| h.id == id).cloned() else {
+        return not_found("Webhook", id);
+    };
+    let body = match body_object(ctx) {
+        Ok(b) => b,
+        Err(e) => return e,
+    };
+    let mut errs = Vec::new();
+    let event_type = opt_string(&body, "event_type", "event_type", &mut errs);
+    let event_version = opt_string(&body, "event_version", "event_version", &mut errs);
+    match event_type.as_deref() {
+        None if errs.is_empty() => errs.push(ParamError::new("event_type", "is required")),
+        Some(t) if !unconfirmed::SIMULATABLE_EVENTS.contains(&t) => errs.push(ParamError::new(
+            "event_type",
+            format!(
+                "must be one of {}",
+                unconfirmed::SIMULATABLE_EVENTS.join(", ")
+            ),
+        )),
+        _ => {}
+    }
+    if event_version
+        .as_deref()
+        .is_some_and(|v| v != "v1" && v != "v2")
+    {
+        errs.push(ParamError::new("event_version", "must be v1 or v2"));
+    }
+    let (Some(event_type), true) = (event_type, errs.is_empty()) else {
+        return ApiResponse::validation(errs);
+    };
+    let mut target = hook;
+    if let Some(v) = event_version {
+        target.event_version = v;
+    }
+    let account = w.default_account.clone();
+    let payload = unconfirmed::simulated_payload(&event_type, &rfc3339(w.now()));
+    let Some(job) = w.signed_job(&target, &event_type, &account, &payload) else {
+        return ApiResponse::error(
+            unconfirmed::RESOURCE_NOT_FOUND,
+            "The webhook's signing key no longer exists",
+        );
+    };
+    let out = json!({
+        "event_id": job.event_id,
+        "event_type": event_type,
+        "event_version": target.event_version,
+        "webhook_id": target.id,
+    });
+    w.pending_simulation = Some(job);
+    ApiResponse::json(200, out)
+}

@@ -1,4 +1,4 @@
-//! Payment Request API: `GET`, `PUT` (update) and `DELETE` (cancel) on
+//! Payment Request API: `GET`, `PUT`/`PATCH` (update) and `DELETE` (cancel) on
 //! `/v2/accounts/{id}/payment/requests/{payment_request_id}`.
 
 use serde_json::Value;
@@ -81,7 +81,9 @@ pub(crate) fn update(w: &mut World, id: &str, ctx: &Ctx<'_>) -> ApiResponse {
         pr.supplementary_purchase_data = Some(d);
     }
     pr.updated_at = now;
-    ApiResponse::json(200, pr.to_json())
+    let out = pr.to_json();
+    w.emit_updated(id);
+    ApiResponse::json(200, out)
 }
 
 /// SUBMITTED, IN_PROGRESS, or COMPLETED before the final authorization -> CANCELED.

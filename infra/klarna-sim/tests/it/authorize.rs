@@ -2,7 +2,7 @@
 
 use klarna_sim::{Fault, FaultKind, OutcomeRules, Route};
 use reqwest::Method;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::common::*;
 
@@ -28,6 +28,14 @@ async fn one_time_payment_with_step_up_config_steps_up() {
         .as_str()
         .expect("url");
     assert_eq!(url, format!("{}/_sim/pay/{}", s.sim.base_url(), id));
+    assert_eq!(
+        pr["state_context"]["customer_interaction"]["method"],
+        "HANDOVER"
+    );
+    assert_eq!(
+        pr["state_context"]["customer_interaction"]["payment_request_id"],
+        id.as_str()
+    );
     assert!(pr["expires_at"].is_string());
 
     let got = s.get_pr(&id).await;
@@ -308,15 +316,79 @@ async fn idempotency_key_replays_the_original_with_one_effect() {
 }
 
 #[tokio::test]
-async fn interaction_expiry_sets_expires_at() {
+async fn interaction_expiry_object_sets_expires_at() {
     let s = start().await;
     let mut body = one_time(100, "a@example.com");
-    body["step_up_config"]["customer_interaction_config"]["interaction_expiry"] = json!(600);
+    body["step_up_config"]["customer_interaction_config"]["interaction_expiry"] =
+        json!({"duration": "PT15M"});
     let r = s.authorize(body, &[]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
     let id = pr_id(&r.body);
-    s.sim.advance_clock(chrono::Duration::seconds(601));
+    let created = s.sim.now();
+    let expires: chrono::DateTime<chrono::Utc> = r.body["payment_request"]["expires_at"]
+        .as_str()
+        .expect("expires_at")
+        .parse()
+        .expect("RFC 3339");
+    let ahead = expires - created;
+    assert!(
+        ahead <= chrono::Duration::minutes(15) && ahead > chrono::Duration::minutes(14),
+        "{ahead}"
+    );
+    s.sim
+        .advance_clock(chrono::Duration::minutes(15) + chrono::Duration::seconds(1));
     let pr = s.get_pr(&id).await;
     assert_eq!(pr.body["state"], "EXPIRED");
     assert!(pr.body.get("state_expires_at").is_none());
-    let _: Value = pr.body;
+
+    // The absolute form.
+    let at = s.sim.now() + chrono::Duration::hours(47);
+    let mut body = one_time(100, "a@example.com");
+    body["step_up_config"]["customer_interaction_config"]["interaction_expiry"] =
+        json!({"expires_at": at.to_rfc3339()});
+    let r = s.authorize(body, &[]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let got: chrono::DateTime<chrono::Utc> = r.body["payment_request"]["expires_at"]
+        .as_str()
+        .expect("expires_at")
+        .parse()
+        .expect("RFC 3339");
+    assert_eq!(got.timestamp(), at.timestamp());
+
+    // Without it: the 3 h default.
+    let r = s.authorize(one_time(100, "a@example.com"), &[]).await;
+    let got: chrono::DateTime<chrono::Utc> = r.body["payment_request"]["expires_at"]
+        .as_str()
+        .expect("expires_at")
+        .parse()
+        .expect("RFC 3339");
+    let ahead = got - s.sim.now();
+    assert!(ahead > chrono::Duration::minutes(179) && ahead <= chrono::Duration::hours(3));
+}
+
+#[tokio::test]
+async fn interaction_expiry_out_of_range_or_old_forms_are_400_naming_it() {
+    let s = start().await;
+    let too_late = (s.sim.now() + chrono::Duration::hours(49)).to_rfc3339();
+    for bad in [
+        json!({"duration": "PT14M"}),
+        json!({"duration": "PT48H1S"}),
+        json!({"duration": "P3D"}),
+        json!({"duration": "15 minutes"}),
+        json!({"expires_at": too_late}),
+        json!({}),
+        json!(600),
+        json!("2030-01-01T00:00:00Z"),
+    ] {
+        let mut body = one_time(100, "a@example.com");
+        body["step_up_config"]["customer_interaction_config"]["interaction_expiry"] = bad.clone();
+        let r = s.authorize(body, &[]).await;
+        assert_eq!(r.status, 400, "{bad}: {}", r.body);
+        assert_eq!(r.body["error_code"], "VALIDATION_ERROR");
+        assert_eq!(
+            r.body["errors"][0]["parameter"],
+            "step_up_config.customer_interaction_config.interaction_expiry",
+            "{bad}"
+        );
+    }
 }

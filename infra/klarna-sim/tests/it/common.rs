@@ -140,6 +140,47 @@ impl Sim {
     }
 }
 
+/// Registers a webhook for `event_types` at `url` with a fresh signing key; returns
+/// (webhook id, signing secret).
+pub async fn register_webhook(s: &Sim, url: &str, event_types: &[&str]) -> (String, String) {
+    let key = s
+        .call(
+            reqwest::Method::POST,
+            "/v2/notification/signing-keys",
+            Some(json!({})),
+            &[],
+        )
+        .await;
+    assert_eq!(key.status, 201, "{}", key.body);
+    let hook = s
+        .call(
+            reqwest::Method::POST,
+            "/v2/notification/webhooks",
+            Some(json!({
+                "url": url,
+                "event_types": event_types,
+                "event_version": "v2",
+                "signing_key_id": key.body["signing_key_id"],
+                "status": "ENABLED",
+            })),
+            &[],
+        )
+        .await;
+    assert_eq!(hook.status, 201, "{}", hook.body);
+    (
+        hook.body["webhook_id"].as_str().expect("id").to_string(),
+        key.body["signing_key"]
+            .as_str()
+            .expect("secret")
+            .to_string(),
+    )
+}
+
+/// True when `hit` carries a valid `Klarna-Signature` for `secret` over its exact body.
+pub fn signed_with(secret: &str, hit: &Hit) -> bool {
+    klarna_sim::sign_webhook_body(secret, &hit.body) == hit.header("Klarna-Signature")
+}
+
 pub fn pr_id(body: &Value) -> String {
     body.pointer("/payment_request/payment_request_id")
         .and_then(Value::as_str)

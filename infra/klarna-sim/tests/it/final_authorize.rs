@@ -99,18 +99,44 @@ async fn session_token_expires_after_60_minutes() {
     assert_eq!(r.status, 400);
     assert_eq!(r.body["error_type"], "RESOURCE_ERROR");
     assert_eq!(r.body["error_code"], "SESSION_TOKEN_EXPIRED");
+    assert_eq!(s.sim.count(Route::FinalAuthorize), 1);
+}
 
+/// Klarna's tokens are opaque: only a token the simulator issued at a completion makes a final
+/// authorize. One in Klarna's format it never issued is the partner's interoperability token on
+/// a first authorize: outcome rules apply, a new payment request is created.
+#[tokio::test]
+async fn only_an_issued_session_token_makes_a_final_authorize() {
+    let s = start().await;
+    let foreign = "krn:payment:eu1:klarna-network-session-token:not-issued-here";
+    let mut body = one_time(700, "a@example.com");
+    body["klarna_network_data"] = json!("{\"interoperability\":\"opaque\"}");
+    let r = s
+        .authorize(body, &[("Klarna-Network-Session-Token", foreign)])
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.body["payment_transaction_response"]["result"],
+        "STEP_UP_REQUIRED"
+    );
+    assert_eq!(s.sim.count(Route::Authorize), 1);
+    assert_eq!(s.sim.count(Route::FinalAuthorize), 0);
+    assert_eq!(
+        s.sim.requests()[0].network_session_token.as_deref(),
+        Some(foreign)
+    );
+
+    // The token issued at this completion is final.
+    let (token, id) = completed(&s, one_time(700, "a@example.com")).await;
     let r = s
         .authorize(
-            final_body(&id, 500),
-            &[(
-                "Klarna-Network-Session-Token",
-                "krn:payment:eu1:klarna-network-session-token:unknown",
-            )],
+            final_body(&id, 700),
+            &[("Klarna-Network-Session-Token", token.as_str())],
         )
         .await;
-    assert_eq!(r.status, 400);
-    assert_eq!(r.body["error_code"], "SESSION_TOKEN_NOT_FOUND");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.get("payment_request").is_none());
+    assert_eq!(s.sim.count(Route::FinalAuthorize), 1);
 }
 
 #[tokio::test]

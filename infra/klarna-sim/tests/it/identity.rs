@@ -27,8 +27,11 @@ async fn introspect_revoke_and_charge_after_revoke() {
     assert!(issued >= before && issued <= s.sim.now().timestamp_millis());
 
     let r = s.call(Method::POST, &revoke, None, &h).await;
-    assert_eq!(r.status, 204);
-    assert!(r.raw.is_empty());
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.body,
+        serde_json::json!({"customer_token_reference": "ap-tok-1"})
+    );
 
     let r = s.call(Method::POST, &introspect, None, &h).await;
     assert_eq!(r.status, 410);
@@ -94,6 +97,8 @@ async fn unknown_missing_and_too_long_tokens() {
 #[tokio::test]
 async fn customer_side_revoke_via_control_endpoint() {
     let s = start().await;
+    let rx = receiver(vec![]).await;
+    let (_, secret) = register_webhook(&s, &rx.url, &["identity.customer-token.*"]).await;
     let token = s.issue_token(&["payment:customer_not_present"]).await;
     let r = s
         .http
@@ -113,4 +118,56 @@ async fn customer_side_revoke_via_control_endpoint() {
         )
         .await;
     assert_eq!(r.status, 410);
+
+    // One signed revoked event; the payment-request events of the issuing journey did not
+    // match this subscription.
+    assert!(wait_until(|| !rx.hits().is_empty()).await);
+    let hits = rx.hits();
+    assert_eq!(
+        rx.event_types(),
+        ["identity.customer-token.state-change.revoked"]
+    );
+    assert!(signed_with(&secret, &hits[0]));
+    let ev = hits[0].json();
+    assert_eq!(ev["metadata"]["event_version"], "v2");
+    assert_eq!(
+        ev["metadata"]["subject_account_id"],
+        s.sim.partner_account_id().as_str()
+    );
+    let p = &ev["payload"];
+    assert_eq!(p["customer_token_id"], token.as_str());
+    assert_eq!(p["customer_token_reference"], "ap-tok-1");
+    assert_eq!(p["state"], "REVOKED");
+    assert_eq!(p["state_reason"], "CUSTOMER_REVOKED");
+
+    // Revoking again changes nothing and emits nothing more.
+    assert!(s.sim.revoke_customer_token(&token));
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert_eq!(rx.hits().len(), 1);
+}
+
+#[tokio::test]
+async fn partner_revoke_through_identity_api_emits_the_revoked_webhook() {
+    let s = start().await;
+    let rx = receiver(vec![]).await;
+    let (_, secret) = register_webhook(
+        &s,
+        &rx.url,
+        &["identity.customer-token.state-change.revoked"],
+    )
+    .await;
+    let token = s.issue_token(&["payment:customer_not_present"]).await;
+    let revoke = s.account_path("/identity/customer-tokens/revoke");
+    let h = [("X-Klarna-Customer-Token", token.as_str())];
+    assert_eq!(s.call(Method::POST, &revoke, None, &h).await.status, 200);
+    assert!(wait_until(|| !rx.hits().is_empty()).await);
+    let hit = &rx.hits()[0];
+    assert!(signed_with(&secret, hit));
+    let p = &hit.json()["payload"];
+    assert_eq!(p["customer_token_id"], token.as_str());
+    assert_eq!(p["state_reason"], "PARTNER_REVOKED");
+    // A refused second revoke (410) emits nothing.
+    assert_eq!(s.call(Method::POST, &revoke, None, &h).await.status, 410);
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert_eq!(rx.hits().len(), 1);
 }

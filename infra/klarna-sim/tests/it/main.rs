@@ -5,6 +5,8 @@ mod common;
 mod authorize;
 mod final_authorize;
 mod identity;
+mod journey;
+mod misbehaviour;
 mod misc;
 mod notifications;
 mod payment_requests;

@@ -319,20 +319,44 @@ async fn control_endpoints_over_http() {
 }
 
 #[tokio::test]
-async fn presentation_lists_payment_options() {
+async fn presentation_has_klarnas_shape_and_its_option_id_authorizes() {
     let s = start().await;
+    let path = s.account_path("/payment/presentation?currency=USD&amount=1000&intents[]=PAY");
+    let r = s.call(Method::GET, &path, None, &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body["instruction"], "SHOW_KLARNA");
+    assert!(r.body.get("payment_options").is_none());
+    assert!(r.body.get("saved_payment_option").is_none());
+    let option_id = r.body["payment_option"]["payment_option_id"]
+        .as_str()
+        .expect("payment_option_id")
+        .to_string();
+    assert!(r.body["payment_option"]["header"]["text"].is_string());
+
+    // The option id is accepted at authorize.
+    let mut body = cnp_charge(1000, "a@example.com");
+    body["request_payment_transaction"]["payment_option_id"] = json!(option_id);
+    let a = s.authorize(body, &[]).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.body["payment_transaction_response"]["result"], "APPROVED");
+
+    // Personalised by a customer token: preselected, with the saved option.
+    let token = s.issue_token(&["payment:customer_present"]).await;
     let r = s
         .call(
             Method::GET,
-            &s.account_path("/payment/presentation?currency=USD&amount=1000&intents[]=PAY"),
+            &path,
             None,
-            &[],
+            &[("Klarna-Customer-Token", token.as_str())],
         )
         .await;
     assert_eq!(r.status, 200);
-    assert!(r.body["payment_options"]
-        .as_array()
-        .is_some_and(|o| !o.is_empty()));
+    assert_eq!(r.body["instruction"], "PRESELECT_KLARNA");
+    let saved = r.body["saved_payment_option"]["payment_option_id"]
+        .as_str()
+        .expect("saved option id");
+    assert_ne!(saved, option_id);
+    assert!(!r.raw.windows(token.len()).any(|w| w == token.as_bytes()));
     let r = s
         .call(
             Method::GET,
@@ -342,7 +366,7 @@ async fn presentation_lists_payment_options() {
         )
         .await;
     assert_eq!(r.status, 400);
-    assert_eq!(s.sim.count(Route::Presentation), 2);
+    assert_eq!(s.sim.count(Route::Presentation), 3);
 }
 
 #[tokio::test]

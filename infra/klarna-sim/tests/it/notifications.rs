@@ -205,3 +205,79 @@ async fn exact_event_type_subscription_only_gets_that_event() {
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     assert_eq!(rx.event_types(), ["payment.request.state-change.completed"]);
 }
+
+#[tokio::test]
+async fn simulate_sends_a_signed_event_and_reports_the_endpoints_answer() {
+    let s = start_with(klarna_sim::SimConfig {
+        time_scale: 0.001,
+        ..klarna_sim::SimConfig::default()
+    })
+    .await;
+    let rx = receiver(vec![Reply::Status(400)]).await;
+    // Subscribed to something else: a simulation is sent anyway.
+    let (id, secret) = register_webhook(&s, &rx.url, &["payment.dispute.*"]).await;
+    let path = format!("/v2/notification/webhooks/{id}/simulate");
+    let body =
+        json!({"event_type": "payment.request.state-change.completed", "event_version": "v2"});
+
+    // The endpoint refuses the first attempt: reported in the answer.
+    let r = s.call(Method::POST, &path, Some(body.clone()), &[]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["webhook_id"], id.as_str());
+    assert_eq!(
+        r.body["delivery"],
+        json!({"status": 400, "delivered": false})
+    );
+    let event_id = r.body["event_id"].as_str().expect("event id").to_string();
+    let hits = rx.hits();
+    assert_eq!(hits.len(), 1);
+    assert!(signed_with(&secret, &hits[0]));
+    let ev = hits[0].json();
+    assert_eq!(ev["metadata"]["event_id"], event_id.as_str());
+    assert_eq!(
+        ev["metadata"]["event_type"],
+        "payment.request.state-change.completed"
+    );
+    assert_eq!(ev["metadata"]["webhook_id"], id.as_str());
+    assert_eq!(ev["payload"]["state"], "COMPLETED");
+    assert!(ev["payload"].get("klarna_network_session_token").is_none());
+    // Retried with the identical body, like every other webhook.
+    assert!(wait_until(|| rx.hits().len() == 2).await);
+    assert_eq!(rx.hits()[1].body, hits[0].body);
+    assert!(s
+        .sim
+        .deliveries()
+        .iter()
+        .any(|d| d.event_id == event_id && d.attempt == 2 && d.status == Some(200)));
+
+    // Accepted at once.
+    let r = s.call(Method::POST, &path, Some(json!({"event_type": "identity.customer-token.state-change.revoked", "event_version": "v2"})), &[]).await;
+    assert_eq!(
+        r.body["delivery"],
+        json!({"status": 200, "delivered": true})
+    );
+    assert_eq!(rx.hits()[2].json()["payload"]["state"], "REVOKED");
+
+    for (bad, param) in [
+        (json!({"event_type": "payment.nonsense"}), "event_type"),
+        (json!({"event_version": "v2"}), "event_type"),
+        (
+            json!({"event_type": "payment.request.updated", "event_version": "v9"}),
+            "event_version",
+        ),
+    ] {
+        let r = s.call(Method::POST, &path, Some(bad), &[]).await;
+        assert_eq!(r.status, 400);
+        assert_eq!(r.body["errors"][0]["parameter"], param);
+    }
+    let r = s
+        .call(
+            Method::POST,
+            "/v2/notification/webhooks/krn:nope/simulate",
+            Some(body),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 404);
+    assert_eq!(rx.hits().len(), 3);
+}

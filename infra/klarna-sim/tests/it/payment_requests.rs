@@ -64,7 +64,13 @@ async fn submitted_in_progress_completed_with_webhooks() {
     let m = &completed["metadata"];
     assert_eq!(m["event_version"], "v2");
     assert_eq!(m["live"], false);
+    // Subject: the partner the payment is for; recipient: us, the Acquiring Partner.
     assert_eq!(m["subject_account_id"], s.sim.partner_account_id().as_str());
+    assert_eq!(
+        m["recipient_account_id"],
+        s.sim.acquiring_partner_account_id().as_str()
+    );
+    assert_ne!(m["subject_account_id"], m["recipient_account_id"]);
     assert!(m["webhook_id"]
         .as_str()
         .expect("webhook id")
@@ -210,6 +216,8 @@ async fn cancel_rules() {
 #[tokio::test]
 async fn update_only_in_submitted_and_only_sent_fields() {
     let s = start().await;
+    let rx = receiver(vec![]).await;
+    let (_, secret) = register_webhook(&s, &rx.url, &["payment.*"]).await;
     let id = pr_id(&s.authorize(one_time(100, "a@example.com"), &[]).await.body);
     let path = s.account_path(&format!("/payment/requests/{id}"));
 
@@ -243,13 +251,59 @@ async fn update_only_in_submitted_and_only_sent_fields() {
     assert_eq!(params, ["amount", "currency"]);
     assert_eq!(s.get_pr(&id).await.body["amount"], 250);
 
+    // PATCH updates too (the verb is disputed); each update fires payment.request.updated.
+    let r = s
+        .call(
+            Method::PATCH,
+            &path,
+            Some(json!({"payment_request_reference": "ap-session-2"})),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["payment_request_reference"], "ap-session-2");
+    assert_eq!(r.body["amount"], 250);
+    assert!(
+        wait_until(|| rx
+            .event_types()
+            .iter()
+            .filter(|t| *t == "payment.request.updated")
+            .count()
+            == 2)
+        .await,
+        "{:?}",
+        rx.event_types()
+    );
+    let updates: Vec<Hit> = rx
+        .hits()
+        .into_iter()
+        .filter(|h| h.event_type() == "payment.request.updated")
+        .collect();
+    assert!(updates.iter().all(|h| signed_with(&secret, h)));
+    let (first, second) = (updates[0].json(), updates[1].json());
+    assert_eq!(first["payload"]["payment_request_id"], id.as_str());
+    assert_eq!(first["payload"]["amount"], 250);
+    assert_eq!(first["payload"]["state"], "SUBMITTED");
+    assert_eq!(
+        second["payload"]["payment_request_reference"],
+        "ap-session-2"
+    );
+
     s.sim.open(&id).expect("open");
     let r = s
         .call(Method::PUT, &path, Some(json!({"amount": 300})), &[])
         .await;
     assert_eq!(r.status, 409);
     assert_eq!(s.get_pr(&id).await.body["amount"], 250);
-    assert_eq!(s.sim.count(Route::UpdatePaymentRequest), 3);
+    assert_eq!(s.sim.count(Route::UpdatePaymentRequest), 4);
+    // Refused updates fire nothing.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let updated = rx
+        .event_types()
+        .iter()
+        .filter(|t| *t == "payment.request.updated")
+        .count();
+    assert_eq!(updated, 2);
 }
 
 #[tokio::test]
