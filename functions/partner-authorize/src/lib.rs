@@ -518,6 +518,7 @@ async fn authorize(
                 payment_request_url: None,
                 step_up_expires_at: None,
                 payment_request_state: None,
+                payment_request_event_at: None,
                 session_token_sealed: None,
                 session_token_received_at: None,
                 completed_customer_token_sealed: None,

@@ -65,7 +65,7 @@ USAGE
                                      [--sync-command CMD] [--json]
 
 Registers URL (the stack's ApiUrl + /webhooks/klarna) for event_types
-[\"payment.request.state-change.*\"], event_version v2, status ENABLED. The signing key is
+[\"payment.request.state-change.*\", \"identity.customer-token.state-change.*\"], event_version v2, status ENABLED. The signing key is
 --signing-key-id (it must be in the key store), else the only key in the store, else a new key
 created and stored first.
 ";
@@ -176,7 +176,11 @@ pub struct SigningKeyInfo {
 }
 
 /// The event types this backend handles.
-pub const WEBHOOK_EVENT_TYPES: &[&str] = &["payment.request.state-change.*"];
+pub const WEBHOOK_EVENT_TYPES: &[&str] = &[
+    "payment.request.state-change.*",
+    // Klarna-side token revocation: the partner's token follows at once.
+    "identity.customer-token.state-change.*",
+];
 
 fn encode_segment(s: &str) -> String {
     let mut out = String::new();

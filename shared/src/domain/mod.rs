@@ -1,6 +1,7 @@
 //! The payment and token domain: states, the transitions allowed between them, and what each
 //! Klarna outcome means for them. Pure code, no I/O.
 
+pub mod aggregate;
 pub mod payment;
 pub mod token;
 

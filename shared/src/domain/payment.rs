@@ -23,6 +23,15 @@ impl PaymentKind {
     pub fn may_step_up(self) -> bool {
         !matches!(self, PaymentKind::TokenChargeCustomerNotPresent)
     }
+
+    /// Whether the payment charges a stored token (flows B and C).
+    pub fn charges_a_token(self) -> bool {
+        match self {
+            PaymentKind::TokenChargeCustomerPresent
+            | PaymentKind::TokenChargeCustomerNotPresent => true,
+            PaymentKind::OneTime | PaymentKind::TokenCreation => false,
+        }
+    }
 }
 
 /// The lifecycle of a payment in this backend.

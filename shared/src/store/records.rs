@@ -61,6 +61,10 @@ pub struct PaymentRecord {
     pub step_up_expires_at: Option<DateTime<Utc>>,
     /// The last Klarna payment-request state seen (recorded even when it moves nothing).
     pub payment_request_state: Option<String>,
+    /// When the last payment-request event applied happened (Klarna's `occurred_at`): older
+    /// events never move the payment.
+    #[serde(default)]
+    pub payment_request_event_at: Option<DateTime<Utc>>,
     /// Set when the payment request completed; sealed.
     pub session_token_sealed: Option<String>,
     pub session_token_received_at: Option<DateTime<Utc>>,
