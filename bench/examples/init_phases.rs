@@ -34,10 +34,16 @@ fn main() {
         );
         let sdk = shared::aws::sdk_config().await;
         lap("shared::aws::sdk_config", &mut t);
-        let store = shared::bootstrap::store_from_env(&sdk).await;
-        lap("store_from_env (DynamoDB client + data key)", &mut t);
-        let klarna = shared::bootstrap::klarna_from_env().await;
-        lap("klarna_from_env (reqwest client)", &mut t);
+        let store = match shared::bootstrap::StoreConfig::from_env() {
+            Ok(c) => c.store(&sdk).await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        lap("StoreConfig (DynamoDB client + data key)", &mut t);
+        let klarna = match shared::bootstrap::KlarnaConfig::from_env() {
+            Ok(c) => c.client().await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        lap("KlarnaConfig (reqwest client)", &mut t);
         assert!(store.is_ok() && klarna.is_ok());
     });
     let line: serde_json::Map<String, serde_json::Value> = phases

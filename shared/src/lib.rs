@@ -13,6 +13,7 @@ pub mod klarna;
 pub mod notify;
 pub mod partners;
 pub mod payments;
+pub mod repo;
 pub mod store;
 pub mod telemetry;
 

@@ -16,6 +16,26 @@ impl TokenState {
     }
 }
 
+/// Active -> revoked, one version on; `None` if the token is revoked already (terminal, and it
+/// notified then).
+pub fn revoke(
+    t: &crate::store::records::TokenRecord,
+    reason: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Option<crate::store::records::TokenRecord> {
+    if !t.state.can_transition_to(TokenState::Revoked) {
+        return None;
+    }
+    let mut next = t.clone();
+    next.state = TokenState::Revoked;
+    next.version += 1;
+    next.revoked_at = Some(now);
+    next.revoked_reason = Some(reason.to_owned());
+    next.revoke_lease_until_ms = None;
+    next.revoke_lease_owner = None;
+    Some(next)
+}
+
 /// Klarna customer-token scopes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Scope {
