@@ -8,6 +8,7 @@
 //! bare Lambda runtime (docs/performance.md). With one stack, the binary has one TLS
 //! implementation and the roots cost nothing at start.
 
+pub use aws_config::SdkConfig;
 use aws_smithy_runtime_api::client::http::{
     HttpClient, HttpConnector, HttpConnectorFuture, HttpConnectorSettings, SharedHttpClient,
     SharedHttpConnector,

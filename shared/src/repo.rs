@@ -40,7 +40,11 @@ pub struct With<'a> {
 }
 
 /// Builds the partner's answer from the committed payment (and the token it issued, if any).
-pub type AnswerFn<'a> = dyn Fn(&PaymentRecord, Option<&IssuedToken>, Option<&KlarnaRefusal>) -> Result<(u16, String), StoreError>
+pub type AnswerFn<'a> = dyn Fn(
+        &PaymentRecord,
+        Option<&IssuedToken>,
+        Option<&KlarnaRefusal>,
+    ) -> Result<(u16, String), StoreError>
     + Sync
     + 'a;
 
@@ -261,7 +265,8 @@ impl Repository {
         }
         let issued = match effects.issue_token {
             Some((klarna_token, scopes)) => {
-                let i = payments::issue_token(self.sealer(), &next, klarna_token, scopes, None, now)?;
+                let i =
+                    payments::issue_token(self.sealer(), &next, klarna_token, scopes, None, now)?;
                 tx.put_new(&i.record)?;
                 // Not conditional: the link carries no state, only where the token is.
                 tx.put(&i.link)?;
@@ -377,7 +382,11 @@ impl Repository {
             )
             .await?;
         match link {
-            Some(l) => self.store.get(&partner_pk(&l.partner_id), &l.token_sk).await,
+            Some(l) => {
+                self.store
+                    .get(&partner_pk(&l.partner_id), &l.token_sk)
+                    .await
+            }
             None => Ok(None),
         }
     }
@@ -661,4 +670,3 @@ impl Repository {
 fn token_hash_of(t: &TokenRecord) -> String {
     t.sk.strip_prefix("TOKEN#").unwrap_or(&t.sk).to_owned()
 }
-

@@ -5,10 +5,11 @@ use aws_lambda_events::apigw::{ApiGatewayV2CustomAuthorizerV2Request, ApiGateway
 use aws_lambda_events::event::dynamodb::Event as DynamoDbEvent;
 use aws_lambda_events::event::sqs::SqsEvent;
 use integration_tests::*;
+use shared::bootstrap::KlarnaConfig;
+use shared::config::SecretSource;
 use shared::ids::{KlarnaAccountId, PartnerId, SecretString};
-use shared::klarna::{KlarnaClient, KlarnaClientConfig, RetryPolicy};
+use shared::klarna::RetryPolicy;
 use shared::store::records::Subscription;
-use std::time::Duration;
 
 fn sample<T: serde::de::DeserializeOwned>(name: &str) -> T {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -29,15 +30,14 @@ fn body(r: &aws_lambda_events::apigw::ApiGatewayV2httpResponse) -> serde_json::V
 async fn every_sample_event_is_answered_by_its_function() {
     let w = World::new("events").await;
     let store = w.stack.store.clone();
-    let klarna = KlarnaClient::new(KlarnaClientConfig {
-        base_url: w.sim.base_url(),
-        api_key: SecretString::new("events"),
-        mtls_identity_pem: None,
-        connect_timeout: Duration::from_secs(2),
-        request_timeout: Duration::from_secs(5),
+    let sdk = &w.stack.sdk;
+    // Every function is built as `main.rs` builds it, from its `Config`.
+    let store_config = w.stack.store_config.clone();
+    let klarna_config = KlarnaConfig {
+        api_key: SecretSource::Value(SecretString::new("events")),
         retry: RetryPolicy::default(),
-    })
-    .unwrap();
+        ..w.stack.klarna_config.clone()
+    };
     shared::partners::create(
         &store,
         PartnerId::new("demo-partner"),
@@ -51,10 +51,16 @@ async fn every_sample_event_is_answered_by_its_function() {
     .await
     .unwrap();
 
-    let auth = partner_authorizer::handle(
-        &partner_authorizer::Deps {
-            store: store.clone(),
+    let authorizer = partner_authorizer::Deps::new(
+        partner_authorizer::Config {
+            store: store_config.clone(),
         },
+        sdk,
+    )
+    .await
+    .unwrap();
+    let auth = partner_authorizer::handle(
+        &authorizer,
         sample::<ApiGatewayV2CustomAuthorizerV2Request>("authorizer-request.json"),
     )
     .await
@@ -64,7 +70,16 @@ async fn every_sample_event_is_answered_by_its_function() {
         "the sample's placeholder key is refused"
     );
 
-    let deps = partner_authorize::Deps::new(store.clone(), klarna.clone());
+    let deps = partner_authorize::Deps::new(
+        partner_authorize::Config {
+            store: store_config.clone(),
+            klarna: klarna_config.clone(),
+            url_policy: Default::default(),
+        },
+        sdk,
+    )
+    .await
+    .unwrap();
     let r = partner_authorize::handle(
         &deps,
         sample::<ApiGatewayV2httpRequest>("apigw-create-payment.json"),
@@ -73,10 +88,15 @@ async fn every_sample_event_is_answered_by_its_function() {
     assert_eq!(r.status_code, 202, "{:?}", body(&r));
     assert_eq!(body(&r)["state"], "STEP_UP_PENDING");
 
-    let tokens = token_lifecycle::Deps {
-        store: store.clone(),
-        klarna: klarna.clone(),
-    };
+    let tokens = token_lifecycle::Deps::new(
+        token_lifecycle::Config {
+            store: store_config.clone(),
+            klarna: klarna_config.clone(),
+        },
+        sdk,
+    )
+    .await
+    .unwrap();
     let r = token_lifecycle::handle(
         &tokens,
         sample::<ApiGatewayV2httpRequest>("apigw-introspect-token.json"),
@@ -88,11 +108,16 @@ async fn every_sample_event_is_answered_by_its_function() {
         r.status_code
     );
 
-    let hook = klarna_webhook::Deps {
-        store: store.clone(),
-        keys: klarna_webhook::KeyProvider::fixed(Default::default()),
-        replay_window: chrono::Duration::hours(72),
-    };
+    let hook = klarna_webhook::Deps::new(
+        klarna_webhook::Config {
+            store: store_config.clone(),
+            keys: klarna_webhook::KeySource::Secret(SecretSource::Value(SecretString::new("{}"))),
+            replay_window: chrono::Duration::hours(72),
+        },
+        sdk,
+    )
+    .await
+    .unwrap();
     let r = klarna_webhook::handle(
         &hook,
         sample::<ApiGatewayV2httpRequest>("apigw-klarna-webhook.json"),
@@ -103,21 +128,30 @@ async fn every_sample_event_is_answered_by_its_function() {
         (400, serde_json::json!("invalid_signature"))
     );
 
-    let step = step_up_completion::Deps {
-        store: store.clone(),
-        klarna,
-    };
+    let step = step_up_completion::Deps::new(
+        step_up_completion::Config {
+            store: store_config.clone(),
+            klarna: klarna_config,
+        },
+        sdk,
+    )
+    .await
+    .unwrap();
     let r = step_up_completion::handle(&step, sample::<SqsEvent>("sqs-finalize-job.json")).await;
     assert!(
         r.batch_item_failures.is_empty(),
         "a job for an unknown payment is dropped, not retried"
     );
 
-    let fanout = partner_fanout::Deps {
-        store,
-        sqs: w.sqs().clone(),
-        step_up_queue_url: "unused".into(),
-    };
+    let fanout = partner_fanout::Deps::new(
+        partner_fanout::Config {
+            store: store_config,
+            step_up_queue_url: "unused".into(),
+        },
+        sdk,
+    )
+    .await
+    .unwrap();
     let event = sample::<DynamoDbEvent>("dynamodb-outbox-insert.json");
     let seq = event.records[0].change.sequence_number.clone();
     let r = partner_fanout::handle(&fanout, event).await;

@@ -6,19 +6,14 @@ use integration_tests::*;
 use klarna_sim::Route;
 use serde_json::json;
 use shared::ids::SecretString;
-use shared::klarna::{KlarnaClient, KlarnaClientConfig, RetryPolicy};
-use std::time::Duration;
+use shared::klarna::RetryPolicy;
 
-fn klarna(w: &World) -> KlarnaClient {
-    KlarnaClient::new(KlarnaClientConfig {
-        base_url: w.sim.base_url(),
-        api_key: SecretString::new("race"),
-        mtls_identity_pem: None,
-        connect_timeout: Duration::from_secs(2),
-        request_timeout: Duration::from_secs(5),
+fn klarna(w: &World) -> shared::bootstrap::KlarnaConfig {
+    shared::bootstrap::KlarnaConfig {
+        api_key: shared::config::SecretSource::Value(SecretString::new("race")),
         retry: RetryPolicy::default(),
-    })
-    .unwrap()
+        ..w.stack.klarna_config.clone()
+    }
 }
 
 #[tokio::test]
@@ -50,10 +45,15 @@ async fn fifty_webhook_deliveries_and_ten_finalize_jobs_authorize_once() {
         Utc::now(),
         json!({ "klarna_network_session_token": session }),
     );
-    let deps = step_up_completion::Deps {
-        store: w.stack.store.clone(),
-        klarna: klarna(&w),
-    };
+    let deps = step_up_completion::Deps::new(
+        step_up_completion::Config {
+            store: w.stack.store_config.clone(),
+            klarna: klarna(&w),
+        },
+        &w.stack.sdk,
+    )
+    .await
+    .unwrap();
     let job = json!({ "partner_id": p.id.as_str(), "payment_id": payment }).to_string();
     // The webhook deliveries race each other; the jobs race each other once the payment is
     // completed (a job that runs first finds nothing to do, as in production).

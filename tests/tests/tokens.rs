@@ -286,18 +286,18 @@ async fn a_404_from_a_wrong_identity_path_never_revokes_a_token() {
     let w = World::new("tokens-misrouted").await;
     let p = w.partner("shop", &["*"]).await;
     let (token, _) = w.issue_token(&p).await;
-    let misrouted = token_lifecycle::Deps {
-        store: w.stack.store.clone(),
-        klarna: shared::klarna::KlarnaClient::new(shared::klarna::KlarnaClientConfig {
-            base_url: format!("{}/misrouted-prefix", w.sim.base_url()),
-            api_key: shared::ids::SecretString::new("klarna_test_api_local"),
-            mtls_identity_pem: None,
-            connect_timeout: std::time::Duration::from_secs(2),
-            request_timeout: std::time::Duration::from_secs(5),
-            retry: shared::klarna::RetryPolicy::default(),
-        })
-        .unwrap(),
-    };
+    let misrouted = token_lifecycle::Deps::new(
+        token_lifecycle::Config {
+            store: w.stack.store_config.clone(),
+            klarna: shared::bootstrap::KlarnaConfig {
+                base_url: format!("{}/misrouted-prefix", w.sim.base_url()),
+                ..w.stack.klarna_config.clone()
+            },
+        },
+        &w.stack.sdk,
+    )
+    .await
+    .unwrap();
     let path = format!("/v1/tokens/{token}");
     for method in ["GET", "DELETE"] {
         let req = local_stack::HttpRequest {

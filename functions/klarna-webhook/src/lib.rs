@@ -19,7 +19,7 @@ use shared::klarna::webhook::{
 use shared::klarna::{SigningKeys, WebhookEnvelope};
 use shared::payments;
 use shared::store::records::*;
-use shared::store::{Store, StoreError};
+use shared::store::StoreError;
 use std::sync::Arc;
 use tokio::sync::RwLock;
 use tracing::Instrument;
@@ -64,11 +64,69 @@ impl KeyProvider {
     }
 }
 
-pub struct Deps {
-    pub store: Store,
-    pub keys: KeyProvider,
+/// How long signing keys read from Secrets Manager are trusted before they are read again: a
+/// rotation takes effect within this without a redeploy.
+pub const SIGNING_KEYS_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Where the signing keys come from.
+#[derive(Clone, Debug)]
+pub enum KeySource {
+    /// Secrets Manager (or the environment): JSON `{"<key id>": "<secret>"}`, cached for
+    /// [`SIGNING_KEYS_TTL`].
+    Secret(shared::config::SecretSource),
+    /// Keys held in process and replaced in place (the local stack's operator and tests).
+    Live(Arc<RwLock<SigningKeys>>),
+}
+
+/// What the function is configured with (from the environment in `main.rs`, from options in
+/// the local stack).
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub store: shared::bootstrap::StoreConfig,
+    pub keys: KeySource,
     /// Events older than this are refused (default 72 h: longer than Klarna's ~21 h retry span).
     pub replay_window: Duration,
+}
+
+impl Config {
+    /// `KLARNA_WEBHOOK_SIGNING_KEYS[_SECRET_ID]`, `WEBHOOK_REPLAY_WINDOW_HOURS` and the store's.
+    pub fn from_env() -> Result<Self, shared::config::ConfigError> {
+        Ok(Self {
+            store: shared::bootstrap::StoreConfig::from_env()?,
+            keys: KeySource::Secret(shared::config::SecretSource::from_env(
+                "KLARNA_WEBHOOK_SIGNING_KEYS",
+            )?),
+            replay_window: Duration::hours(shared::config::parse_or(
+                "WEBHOOK_REPLAY_WINDOW_HOURS",
+                72,
+            )?),
+        })
+    }
+}
+
+pub struct Deps {
+    pub repo: shared::repo::Repository,
+    pub keys: KeyProvider,
+    pub replay_window: Duration,
+}
+
+impl Deps {
+    /// Once per container: clients and secrets, never per invocation.
+    pub async fn new(
+        config: Config,
+        sdk: &shared::aws::SdkConfig,
+    ) -> Result<Self, shared::bootstrap::BootstrapError> {
+        Ok(Self {
+            repo: config.store.repository(sdk).await?,
+            keys: match config.keys {
+                KeySource::Secret(source) => {
+                    KeyProvider::Secret(CachedSecret::new(source, SIGNING_KEYS_TTL))
+                }
+                KeySource::Live(keys) => KeyProvider::Static(keys),
+            },
+            replay_window: config.replay_window,
+        })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -248,7 +306,8 @@ async fn process(
     span.record("event_type", m.event_type.as_str());
     let event_pk = klarna_event_pk(&m.event_id);
     if deps
-        .store
+        .repo
+        .store()
         .get::<KlarnaEventRecord>(&event_pk, "EVENT")
         .await?
         .is_some()
@@ -278,7 +337,8 @@ async fn process(
         return put_event(deps, &r).await;
     };
     let link: Option<PaymentRequestLink> = deps
-        .store
+        .repo
+        .store()
         .get(&payment_request_pk(&change.payment_request_id), "LINK")
         .await?;
     let Some(link) = link else {
@@ -306,11 +366,12 @@ async fn process(
             .await;
         }
         let payment: PaymentRecord = deps
-            .store
+            .repo
+            .store()
             .get(&pk, &sk)
             .await?
             .ok_or_else(|| StoreError::Data("linked payment is missing".into()))?;
-        let mut tx = deps.store.tx();
+        let mut tx = deps.repo.store().tx();
         let event_index = tx.next_index();
         match Transition::decide(payment.state, event.target_state()) {
             Transition::NoOp => {
@@ -409,7 +470,8 @@ async fn token_revoked(
     span.record("event_type", m.event_type.as_str());
     let event_pk = klarna_event_pk(&m.event_id);
     if deps
-        .store
+        .repo
+        .store()
         .get::<KlarnaEventRecord>(&event_pk, "EVENT")
         .await?
         .is_some()
@@ -434,7 +496,12 @@ async fn token_revoked(
         Ok(r)
     };
     let link_pk = klarna_token_pk(&payments::klarna_token_hash(&change.customer_token_id));
-    let Some(link) = deps.store.get::<KlarnaTokenLink>(&link_pk, LINK_SK).await? else {
+    let Some(link) = deps
+        .repo
+        .store()
+        .get::<KlarnaTokenLink>(&link_pk, LINK_SK)
+        .await?
+    else {
         tracing::warn!("token event for a customer token we do not know; kept for inspection");
         return put_event(
             deps,
@@ -451,11 +518,16 @@ async fn token_revoked(
         .unwrap_or_else(|| "REVOKED_AT_KLARNA".to_owned());
     let pk = partner_pk(&link.partner_id);
     for _ in 0..MAX_RACE_RETRIES {
-        let Some(token) = deps.store.get::<TokenRecord>(&pk, &link.token_sk).await? else {
+        let Some(token) = deps
+            .repo
+            .store()
+            .get::<TokenRecord>(&pk, &link.token_sk)
+            .await?
+        else {
             return put_event(deps, &unmatched("the linked token is missing")?).await;
         };
         tracing::Span::current().record("token_id", token.token_id.as_str());
-        let mut tx = deps.store.tx();
+        let mut tx = deps.repo.store().tx();
         let event_index = tx.next_index();
         let outcome = match token.state {
             // Already revoked (by the partner, or an earlier path): it notified then.
@@ -510,14 +582,15 @@ async fn commit(tx: shared::store::Tx<'_>, event_index: usize) -> Result<Committ
 }
 
 async fn put_event(deps: &Deps, r: &KlarnaEventRecord) -> Result<KlarnaEventOutcome, WebhookError> {
-    match deps.store.put_new(r).await {
+    match deps.repo.store().put_new(r).await {
         Ok(()) | Err(StoreError::Conflict { .. }) => Ok(r.outcome),
         Err(e) => Err(e.into()),
     }
 }
 
 fn seal(deps: &Deps, bytes: &[u8], aad: &str) -> Result<String, WebhookError> {
-    deps.store
+    deps.repo
+        .store()
         .sealer()
         .seal(bytes, aad)
         .map_err(|e| WebhookError::Store(StoreError::Data(e.to_string())))

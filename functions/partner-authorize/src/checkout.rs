@@ -136,7 +136,8 @@ pub async fn payment_methods(
                     .into());
             }
             let record: TokenRecord = deps
-                .store
+                .repo
+                .store()
                 .get(
                     &partner_pk(partner_id),
                     &token_sk(&payments::token_hash(&BackendToken::new(t))),
@@ -148,7 +149,10 @@ pub async fn payment_methods(
                     .field("token")
                     .into());
             }
-            Some(payments::klarna_token_of(deps.store.sealer(), &record)?)
+            Some(payments::klarna_token_of(
+                deps.repo.store().sealer(),
+                &record,
+            )?)
         }
     };
     let key = (
@@ -221,7 +225,8 @@ async fn load_payment(
     {
         return Err(ApiError::not_found("payment").into());
     }
-    deps.store
+    deps.repo
+        .store()
         .get(&partner_pk(partner_id), &payment_sk(&PaymentId::new(id)))
         .await?
         .ok_or_else(|| ApiError::not_found("payment").into())
@@ -294,7 +299,7 @@ pub async fn cancel_step_up(
         next.updated_at = now;
         next.reason = Some("PARTNER_CANCELED".into());
         next.payment_request_state = Some("CANCELED".into());
-        let mut tx = deps.store.tx();
+        let mut tx = deps.repo.store().tx();
         tx.put_if_version(&next, current.version)?;
         if let Some(n) = payments::payment_notification(&next, None, now) {
             tx.notify(&n)?;
@@ -401,7 +406,7 @@ pub async fn update_payment(
             return Err(not_pending(&current, "update"));
         }
         let sk = current.sk.clone();
-        let sealer = deps.store.sealer();
+        let sealer = deps.repo.store().sealer();
         let mut initial: AuthorizeRequest = serde_json::from_str(
             &sealer
                 .open_str(&current.klarna_request_sealed, &sk)
@@ -423,7 +428,12 @@ pub async fn update_payment(
             .map_err(|e| StoreError::Data(e.to_string()))?;
         next.version += 1;
         next.updated_at = Utc::now();
-        match deps.store.put_if_version(&next, current.version).await {
+        match deps
+            .repo
+            .store()
+            .put_if_version(&next, current.version)
+            .await
+        {
             Ok(()) => {
                 tracing::info!("step-up payment updated");
                 return Ok(h::json_response(200, &PaymentView::of(&next, None)));

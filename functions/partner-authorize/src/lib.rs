@@ -19,29 +19,59 @@ use shared::klarna::{
 };
 use shared::payments::{self, IssuedToken, PaymentView};
 use shared::store::records::*;
-use shared::store::{Store, StoreError};
+use shared::store::StoreError;
 use tracing::Instrument;
 
 /// Partner request bodies are small; anything larger is refused before parsing.
 pub const BODY_LIMIT: usize = 64 * 1024;
 
-pub struct Deps {
-    pub store: Store,
-    pub klarna: KlarnaClient,
-    /// Guest payment presentations, per container (see [`checkout::PRESENTATION_TTL`]).
-    pub presentation_cache: checkout::PresentationCache,
+/// What the function is configured with (from the environment in `main.rs`, from options in
+/// the local stack).
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub store: shared::bootstrap::StoreConfig,
+    pub klarna: shared::bootstrap::KlarnaConfig,
     /// Which return URLs partners may send (https only unless configured for local development).
     pub url_policy: request::UrlPolicy,
 }
 
+impl Config {
+    /// The store's and Klarna's variables, and `RETURN_URL_ALLOW_HTTP_LOOPBACK` (local
+    /// development only; the template never sets it).
+    pub fn from_env() -> Result<Self, shared::config::ConfigError> {
+        Ok(Self {
+            store: shared::bootstrap::StoreConfig::from_env()?,
+            klarna: shared::bootstrap::KlarnaConfig::from_env()?,
+            url_policy: request::UrlPolicy {
+                allow_http_loopback: shared::config::parse_or(
+                    "RETURN_URL_ALLOW_HTTP_LOOPBACK",
+                    false,
+                )?,
+            },
+        })
+    }
+}
+
+pub struct Deps {
+    pub repo: shared::repo::Repository,
+    pub klarna: KlarnaClient,
+    /// Guest payment presentations, per container (see [`checkout::PRESENTATION_TTL`]).
+    pub presentation_cache: checkout::PresentationCache,
+    pub url_policy: request::UrlPolicy,
+}
+
 impl Deps {
-    pub fn new(store: Store, klarna: KlarnaClient) -> Self {
-        Self {
-            store,
-            klarna,
+    /// Once per container: clients and secrets, never per invocation.
+    pub async fn new(
+        config: Config,
+        sdk: &shared::aws::SdkConfig,
+    ) -> Result<Self, shared::bootstrap::BootstrapError> {
+        Ok(Self {
+            repo: config.store.repository(sdk).await?,
+            klarna: config.klarna.client().await?,
             presentation_cache: checkout::PresentationCache::default(),
-            url_policy: request::UrlPolicy::default(),
-        }
+            url_policy: config.url_policy,
+        })
     }
 }
 
@@ -151,7 +181,11 @@ pub(crate) async fn load_partner(
     deps: &Deps,
     partner_id: &PartnerId,
 ) -> Result<PartnerRecord, AuthorizeError> {
-    let p: Option<PartnerRecord> = deps.store.get(&partner_pk(partner_id), PROFILE_SK).await?;
+    let p: Option<PartnerRecord> = deps
+        .repo
+        .store()
+        .get(&partner_pk(partner_id), PROFILE_SK)
+        .await?;
     match p {
         Some(p) if p.status == PartnerStatus::Active => Ok(p),
         _ => Err(ApiError::new(403, "partner_disabled", "partner is not active").into()),
@@ -168,7 +202,8 @@ async fn get_payment(
         return Err(ApiError::not_found("payment").into());
     }
     let p: Option<PaymentRecord> = deps
-        .store
+        .repo
+        .store()
         .get(
             &partner_pk(&partner.partner_id),
             &payment_sk(&PaymentId::new(id)),
@@ -332,7 +367,7 @@ async fn charge_token(
     // A replay of a completed charge answers as the first time did, even if the token has been
     // revoked since.
     if let Some(replay) = idempotency::completed_replay(
-        &deps.store,
+        deps.repo.store(),
         &partner.partner_id,
         "charges",
         &key,
@@ -343,7 +378,8 @@ async fn charge_token(
         return Ok(replay);
     }
     let record: Option<TokenRecord> = deps
-        .store
+        .repo
+        .store()
         .get(
             &partner_pk(&partner.partner_id),
             &token_sk(&payments::token_hash(&backend_token)),
@@ -380,7 +416,7 @@ async fn charge_token(
         .field("customer_present")
         .into());
     }
-    let klarna_token = payments::klarna_token_of(deps.store.sealer(), &record)?;
+    let klarna_token = payments::klarna_token_of(deps.repo.store().sealer(), &record)?;
     let plan = Plan {
         kind,
         amount: Some(amount),
@@ -428,13 +464,14 @@ async fn run(
     let now = Utc::now();
     let partner_id = &partner.partner_id;
     let hash = idempotency::request_hash(route, canonical);
-    let claim = match idempotency::claim(&deps.store, partner_id, route, key, &hash, now).await?? {
-        idempotency::Claim::Replay { status, body } => {
-            tracing::info!("idempotent replay");
-            return Ok(raw_json(status, body));
-        }
-        idempotency::Claim::Proceed(c) => c,
-    };
+    let claim =
+        match idempotency::claim(deps.repo.store(), partner_id, route, key, &hash, now).await?? {
+            idempotency::Claim::Replay { status, body } => {
+                tracing::info!("idempotent replay");
+                return Ok(raw_json(status, body));
+            }
+            idempotency::Claim::Proceed(c) => c,
+        };
     // The payment id follows from the key, so a retry after a crash finds the same payment and
     // sends Klarna the same idempotency key.
     let payment_id = PaymentId::new(format!(
@@ -452,7 +489,7 @@ async fn run(
     .await;
     if let Err(e) = &result {
         if !matches!(e, AuthorizeError::Refused(_)) {
-            idempotency::release(&deps.store, &claim).await;
+            idempotency::release(deps.repo.store(), &claim).await;
         }
     }
     result
@@ -487,7 +524,7 @@ async fn authorize(
     }
     let pk = partner_pk(&partner.partner_id);
     let sk = payment_sk(payment_id);
-    let existing: Option<PaymentRecord> = deps.store.get(&pk, &sk).await?;
+    let existing: Option<PaymentRecord> = deps.repo.store().get(&pk, &sk).await?;
     let payment = match existing {
         Some(p) => p,
         None => {
@@ -495,7 +532,8 @@ async fn authorize(
                 .map_err(|e| StoreError::Data(e.to_string()))?;
             let p = PaymentRecord {
                 klarna_request_sealed: deps
-                    .store
+                    .repo
+                    .store()
                     .sealer()
                     .seal_str(&request_json, &sk)
                     .map_err(|e| StoreError::Data(e.to_string()))?,
@@ -528,9 +566,9 @@ async fn authorize(
                 created_at: now,
                 updated_at: now,
             };
-            match deps.store.put_new(&p).await {
+            match deps.repo.store().put_new(&p).await {
                 Ok(()) => p,
-                Err(e) if e.is_conflict() => deps.store.get(&pk, &sk).await?.ok_or(e)?,
+                Err(e) if e.is_conflict() => deps.repo.store().get(&pk, &sk).await?.ok_or(e)?,
                 Err(e) => return Err(e.into()),
             }
         }
@@ -558,7 +596,7 @@ async fn authorize(
         let mut next = payment.clone();
         next.version += 1;
         next.updated_at = now;
-        let mut tx = deps.store.tx();
+        let mut tx = deps.repo.store().tx();
         let mut issued: Option<IssuedToken> = None;
         let mut refusal: Option<ApiError> = None;
         match &klarna_result {
@@ -571,7 +609,7 @@ async fn authorize(
                     next.klarna_transaction_id = transaction_id;
                     if let (PaymentKind::TokenCreation, Some(ct)) = (plan.kind, customer_token) {
                         let i = payments::issue_token(
-                            deps.store.sealer(),
+                            deps.repo.store().sealer(),
                             &next,
                             ct,
                             plan.requested_scopes.clone(),
@@ -680,14 +718,19 @@ async fn authorize(
                 )
             }
         };
-        tx.put(&idempotency::completed(&deps.store, claim, status, &body)?)?;
+        tx.put(&idempotency::completed(
+            deps.repo.store(),
+            claim,
+            status,
+            &body,
+        )?)?;
         match tx.commit().await {
             Ok(()) => {
                 tracing::info!(from = %payment.state, to = %next.state, kind = ?plan.kind, "payment moved");
                 return Ok(raw_json(status, body));
             }
             Err(e) if e.is_conflict() => {
-                let current: PaymentRecord = deps.store.get(&pk, &sk).await?.ok_or(e)?;
+                let current: PaymentRecord = deps.repo.store().get(&pk, &sk).await?.ok_or(e)?;
                 if current.state != PaymentState::Pending {
                     // Someone else (a retry that took over an expired lease) recorded the outcome.
                     tracing::info!(state = %current.state, "lost the race; answering from the stored outcome");
@@ -697,7 +740,7 @@ async fn authorize(
                 // Decide again from fresh reads.
                 tracing::info!(attempt, "outcome write raced another writer; retrying");
                 if let Some((t, _)) = &plan.token {
-                    token_now = deps.store.get(&t.pk, &t.sk).await?;
+                    token_now = deps.repo.store().get(&t.pk, &t.sk).await?;
                 }
             }
             Err(e) => return Err(e.into()),
@@ -718,20 +761,27 @@ async fn answer(
     let body = serde_json::to_string(&view).map_err(|e| StoreError::Data(e.to_string()))?;
     // Only while the claim is still ours: if the writer that won the race already stored its
     // answer (which may carry a newly issued token), that answer stands and is replayed.
-    let done = idempotency::completed(&deps.store, claim, status, &body)?;
+    let done = idempotency::completed(deps.repo.store(), claim, status, &body)?;
     let ours = aws_sdk_dynamodb::types::AttributeValue::N(claim.lease_until_ms.to_string());
     match deps
-        .store
+        .repo
+        .store()
         .put_if_equals(&done, "lease_until_ms", ours, "status", "IN_PROGRESS")
         .await
     {
         Ok(()) => Ok(raw_json(status, body)),
         Err(e) if e.is_conflict() => {
-            let stored: IdempotencyRecord = deps.store.get(&claim.pk, &claim.sk).await?.ok_or(e)?;
+            let stored: IdempotencyRecord = deps
+                .repo
+                .store()
+                .get(&claim.pk, &claim.sk)
+                .await?
+                .ok_or(e)?;
             match (stored.response_status, stored.response_body_sealed) {
                 (Some(status), Some(sealed)) => Ok(raw_json(
                     status,
-                    deps.store
+                    deps.repo
+                        .store()
                         .sealer()
                         .open_str(&sealed, &claim.sk)
                         .map_err(|e| StoreError::Data(e.to_string()))?,

@@ -8,10 +8,37 @@ use aws_lambda_events::apigw::{
 use shared::crypto::sha256_hex;
 use shared::http::PARTNER_ID_CONTEXT_KEY;
 use shared::store::records::{api_key_pk, ApiKeyRecord, PartnerStatus};
-use shared::store::{Store, StoreError};
+use shared::store::StoreError;
+
+/// What the function is configured with (from the environment in `main.rs`, from options in
+/// the local stack).
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub store: shared::bootstrap::StoreConfig,
+}
+
+impl Config {
+    pub fn from_env() -> Result<Self, shared::config::ConfigError> {
+        Ok(Self {
+            store: shared::bootstrap::StoreConfig::from_env()?,
+        })
+    }
+}
 
 pub struct Deps {
-    pub store: Store,
+    pub repo: shared::repo::Repository,
+}
+
+impl Deps {
+    /// Once per container: clients and secrets, never per invocation.
+    pub async fn new(
+        config: Config,
+        sdk: &shared::aws::SdkConfig,
+    ) -> Result<Self, shared::bootstrap::BootstrapError> {
+        Ok(Self {
+            repo: config.store.repository(sdk).await?,
+        })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -46,7 +73,7 @@ pub async fn handle(
         return Ok(resp);
     };
     let hash = sha256_hex(key.as_bytes());
-    let record: Option<ApiKeyRecord> = deps.store.get(&api_key_pk(&hash), "API_KEY").await?;
+    let record: Option<ApiKeyRecord> = deps.repo.store().get(&api_key_pk(&hash), "API_KEY").await?;
     match record {
         Some(r) if r.status == PartnerStatus::Active => {
             tracing::info!(partner_id = %r.partner_id, "partner authorized");

@@ -18,7 +18,7 @@ use shared::ids::PartnerId;
 use shared::notify::{self, NotificationType};
 use shared::partners;
 use shared::store::records::*;
-use shared::store::{Store, StoreError};
+use shared::store::StoreError;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 /// SQS's limit per `SendMessageBatch`.
@@ -26,10 +26,42 @@ pub const BATCH: usize = 10;
 /// Attempts for the entries SQS refused within a batch.
 pub const ENTRY_ATTEMPTS: usize = 3;
 
+/// What the function is configured with (from the environment in `main.rs`, from options in
+/// the local stack).
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub store: shared::bootstrap::StoreConfig,
+    pub step_up_queue_url: String,
+}
+
+impl Config {
+    /// `STEP_UP_QUEUE_URL` and the store's variables.
+    pub fn from_env() -> Result<Self, shared::config::ConfigError> {
+        Ok(Self {
+            store: shared::bootstrap::StoreConfig::from_env()?,
+            step_up_queue_url: shared::config::required("STEP_UP_QUEUE_URL")?,
+        })
+    }
+}
+
 pub struct Deps {
-    pub store: Store,
+    pub repo: shared::repo::Repository,
     pub sqs: aws_sdk_sqs::Client,
     pub step_up_queue_url: String,
+}
+
+impl Deps {
+    /// Once per container: clients and secrets, never per invocation.
+    pub async fn new(
+        config: Config,
+        sdk: &shared::aws::SdkConfig,
+    ) -> Result<Self, shared::bootstrap::BootstrapError> {
+        Ok(Self {
+            repo: config.store.repository(sdk).await?,
+            sqs: aws_sdk_sqs::Client::new(sdk),
+            step_up_queue_url: config.step_up_queue_url,
+        })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -153,7 +185,8 @@ async fn messages_for(
     now: chrono::DateTime<Utc>,
 ) -> Result<Vec<Outgoing>, FanoutError> {
     let body = deps
-        .store
+        .repo
+        .store()
         .sealer()
         .open_str(&item.payload_sealed, item.id.as_str())
         .map_err(|e| FanoutError::BadRecord(e.to_string()))?;
@@ -171,8 +204,8 @@ async fn messages_for(
             let partner = partners
                 .get(
                     &item.partner_id,
-                    || deps.store.get(&pk, PROFILE_SK),
-                    |p| partners::notification_secrets(&deps.store, p),
+                    || deps.repo.store().get(&pk, PROFILE_SK),
+                    |p| partners::notification_secrets(deps.repo.store(), p),
                 )
                 .await?
                 .ok_or_else(|| FanoutError::UnknownPartner(item.partner_id.clone()))?;
@@ -451,6 +484,7 @@ fn entry(i: usize, m: &Outgoing) -> Option<SendMessageBatchRequestEntry> {
 mod tests {
     use super::*;
     use shared::crypto::Sealer;
+    use shared::store::Store;
     use shared::ids::{KlarnaAccountId, NotificationId};
     use std::cell::Cell;
 

@@ -13,7 +13,7 @@ use shared::klarna::{
 };
 use shared::payments::{self, IssuedToken};
 use shared::store::records::*;
-use shared::store::{Store, StoreError};
+use shared::store::StoreError;
 use tracing::Instrument;
 
 /// Klarna invalidates the session token 60 minutes after completion.
@@ -21,9 +21,39 @@ pub const SESSION_TOKEN_TTL: Duration = Duration::minutes(60);
 /// Held while one container calls Klarna; above the Klarna client's worst case.
 pub const FINALIZE_LEASE: Duration = Duration::seconds(30);
 
+/// What the function is configured with (from the environment in `main.rs`, from options in
+/// the local stack).
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub store: shared::bootstrap::StoreConfig,
+    pub klarna: shared::bootstrap::KlarnaConfig,
+}
+
+impl Config {
+    pub fn from_env() -> Result<Self, shared::config::ConfigError> {
+        Ok(Self {
+            store: shared::bootstrap::StoreConfig::from_env()?,
+            klarna: shared::bootstrap::KlarnaConfig::from_env()?,
+        })
+    }
+}
+
 pub struct Deps {
-    pub store: Store,
+    pub repo: shared::repo::Repository,
     pub klarna: KlarnaClient,
+}
+
+impl Deps {
+    /// Once per container: clients and secrets, never per invocation.
+    pub async fn new(
+        config: Config,
+        sdk: &shared::aws::SdkConfig,
+    ) -> Result<Self, shared::bootstrap::BootstrapError> {
+        Ok(Self {
+            repo: config.store.repository(sdk).await?,
+            klarna: config.klarna.client().await?,
+        })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -100,7 +130,7 @@ pub async fn process(
     tracing::Span::current().record("payment_id", job.payment_id.as_str());
     let pk = partner_pk(&job.partner_id);
     let sk = payment_sk(&job.payment_id);
-    let Some(payment) = deps.store.get::<PaymentRecord>(&pk, &sk).await? else {
+    let Some(payment) = deps.repo.store().get::<PaymentRecord>(&pk, &sk).await? else {
         return Ok(JobOutcome::Poison);
     };
     if payment.state != PaymentState::StepUpCompleted {
@@ -116,14 +146,20 @@ pub async fn process(
     let mut leased = payment.clone();
     leased.version += 1;
     leased.finalize_lease_until_ms = Some((now + FINALIZE_LEASE).timestamp_millis());
-    match deps.store.put_if_version(&leased, payment.version).await {
+    match deps
+        .repo
+        .store()
+        .put_if_version(&leased, payment.version)
+        .await
+    {
         Ok(()) => {}
         Err(e) if e.is_conflict() => return Err(StepUpError::Busy),
         Err(e) => return Err(e.into()),
     }
-    let sealer = deps.store.sealer();
+    let sealer = deps.repo.store().sealer();
     let partner: PartnerRecord = deps
-        .store
+        .repo
+        .store()
         .get(&partner_pk(&job.partner_id), PROFILE_SK)
         .await?
         .ok_or_else(|| StepUpError::BadJob("partner is missing".into()))?;
@@ -132,7 +168,7 @@ pub async fn process(
     next.updated_at = now;
     next.finalize_lease_until_ms = None;
     let mut issued: Option<IssuedToken> = None;
-    let mut tx = deps.store.tx();
+    let mut tx = deps.repo.store().tx();
 
     let received = leased
         .session_token_received_at
@@ -263,7 +299,7 @@ pub async fn process(
             Ok(JobOutcome::Finalized(next.state))
         }
         Err(e) if e.is_conflict() => {
-            let current: Option<PaymentRecord> = deps.store.get(&pk, &sk).await?;
+            let current: Option<PaymentRecord> = deps.repo.store().get(&pk, &sk).await?;
             Ok(JobOutcome::AlreadyDone(
                 current.map(|p| p.state).unwrap_or(PaymentState::Failed),
             ))
@@ -277,7 +313,12 @@ async fn release_lease(deps: &Deps, leased: &PaymentRecord) {
     let mut released = leased.clone();
     released.version += 1;
     released.finalize_lease_until_ms = None;
-    if let Err(e) = deps.store.put_if_version(&released, leased.version).await {
+    if let Err(e) = deps
+        .repo
+        .store()
+        .put_if_version(&released, leased.version)
+        .await
+    {
         tracing::warn!(error = %e, "could not release the finalize lease; it lapses by itself");
     }
 }

@@ -4,10 +4,7 @@ use lambda_runtime::{service_fn, Error, LambdaEvent};
 async fn main() -> Result<(), Error> {
     shared::telemetry::init_json();
     let sdk = shared::aws::sdk_config().await;
-    let deps = step_up_completion::Deps {
-        store: shared::bootstrap::store_from_env(&sdk).await?,
-        klarna: shared::bootstrap::klarna_from_env().await?,
-    };
+    let deps = step_up_completion::Deps::new(step_up_completion::Config::from_env()?, &sdk).await?;
     let deps = &deps;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<_>| async move {
         Ok::<_, std::convert::Infallible>(step_up_completion::handle(deps, event.payload).await)

@@ -11,15 +11,45 @@ use shared::ids::*;
 use shared::klarna::{unconfirmed, KlarnaClient, KlarnaError};
 use shared::payments;
 use shared::store::records::*;
-use shared::store::{Store, StoreError};
+use shared::store::StoreError;
 use tracing::Instrument;
 
 /// Klarna accepts customer tokens of at most 1024 characters; ours are far shorter.
 pub const MAX_TOKEN_LEN: usize = 1024;
 
+/// What the function is configured with (from the environment in `main.rs`, from options in
+/// the local stack).
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub store: shared::bootstrap::StoreConfig,
+    pub klarna: shared::bootstrap::KlarnaConfig,
+}
+
+impl Config {
+    pub fn from_env() -> Result<Self, shared::config::ConfigError> {
+        Ok(Self {
+            store: shared::bootstrap::StoreConfig::from_env()?,
+            klarna: shared::bootstrap::KlarnaConfig::from_env()?,
+        })
+    }
+}
+
 pub struct Deps {
-    pub store: Store,
+    pub repo: shared::repo::Repository,
     pub klarna: KlarnaClient,
+}
+
+impl Deps {
+    /// Once per container: clients and secrets, never per invocation.
+    pub async fn new(
+        config: Config,
+        sdk: &shared::aws::SdkConfig,
+    ) -> Result<Self, shared::bootstrap::BootstrapError> {
+        Ok(Self {
+            repo: config.store.repository(sdk).await?,
+            klarna: config.klarna.client().await?,
+        })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -123,7 +153,8 @@ async fn route(
             .into());
     }
     let record: Option<TokenRecord> = deps
-        .store
+        .repo
+        .store()
         .get(
             &partner_pk(&partner_id),
             &token_sk(&payments::token_hash(&BackendToken::new(token))),
@@ -133,7 +164,8 @@ async fn route(
     let record = record.ok_or_else(|| ApiError::not_found("token").field("token"))?;
     tracing::Span::current().record("token_id", record.token_id.as_str());
     let partner: PartnerRecord = deps
-        .store
+        .repo
+        .store()
         .get::<PartnerRecord>(&partner_pk(&partner_id), PROFILE_SK)
         .await?
         .filter(|p| p.status == PartnerStatus::Active)
@@ -143,7 +175,7 @@ async fn route(
         // second notification.
         return Ok(h::json_response(200, &status_of(&record, None, None)));
     }
-    let klarna_token = payments::klarna_token_of(deps.store.sealer(), &record)?;
+    let klarna_token = payments::klarna_token_of(deps.repo.store().sealer(), &record)?;
     if method == "GET" {
         introspect(deps, &partner, record, klarna_token).await
     } else {
@@ -267,12 +299,18 @@ async fn take_revoke_lease(
     leased.version += 1;
     leased.revoke_lease_until_ms = Some((now + REVOKE_LEASE).timestamp_millis());
     leased.revoke_lease_owner = Some(owner);
-    match deps.store.put_if_version(&leased, record.version).await {
+    match deps
+        .repo
+        .store()
+        .put_if_version(&leased, record.version)
+        .await
+    {
         Ok(()) => Ok(Some(leased)),
         Err(e) if e.is_conflict() => Ok(None),
         Err(e) => {
             // The write may have been applied with its answer lost: if the lease is ours, hold it.
-            let current: Option<TokenRecord> = deps.store.get(&record.pk, &record.sk).await?;
+            let current: Option<TokenRecord> =
+                deps.repo.store().get(&record.pk, &record.sk).await?;
             match current {
                 Some(c) if c.revoke_lease_owner == leased.revoke_lease_owner => Ok(Some(c)),
                 _ => Err(e.into()),
@@ -287,7 +325,12 @@ async fn release_revoke_lease(deps: &Deps, leased: &TokenRecord) {
     released.version += 1;
     released.revoke_lease_until_ms = None;
     released.revoke_lease_owner = None;
-    match deps.store.put_if_version(&released, leased.version).await {
+    match deps
+        .repo
+        .store()
+        .put_if_version(&released, leased.version)
+        .await
+    {
         Ok(()) => {}
         // Moved on: revoked meanwhile (perhaps by our own write whose answer was lost).
         Err(e) if e.is_conflict() => {}
@@ -304,7 +347,7 @@ async fn wait_for_revocation(
 ) -> Result<ApiGatewayV2httpResponse, TokenError> {
     let deadline = std::time::Instant::now() + REVOKE_WAIT;
     loop {
-        let current: Option<TokenRecord> = deps.store.get(&record.pk, &record.sk).await?;
+        let current: Option<TokenRecord> = deps.repo.store().get(&record.pk, &record.sk).await?;
         let current = current.ok_or_else(|| ApiError::not_found("token").field("token"))?;
         if current.state == TokenState::Revoked {
             return Ok(h::json_response(200, &status_of(&current, None, None)));
@@ -339,7 +382,7 @@ async fn mark_revoked(
     next.revoked_reason = Some(reason.to_owned());
     next.revoke_lease_until_ms = None;
     next.revoke_lease_owner = None;
-    let mut tx = deps.store.tx();
+    let mut tx = deps.repo.store().tx();
     tx.put_if_version(&next, record.version)?;
     tx.notify(&payments::token_revoked_notification(&next, reason, now))?;
     match tx.commit().await {
@@ -348,7 +391,12 @@ async fn mark_revoked(
             Ok(h::json_response(200, &status_of(&next, None, None)))
         }
         Err(e) if e.is_conflict() => {
-            let current: TokenRecord = deps.store.get(&record.pk, &record.sk).await?.ok_or(e)?;
+            let current: TokenRecord = deps
+                .repo
+                .store()
+                .get(&record.pk, &record.sk)
+                .await?
+                .ok_or(e)?;
             Ok(h::json_response(200, &status_of(&current, None, None)))
         }
         Err(e) => Err(e.into()),

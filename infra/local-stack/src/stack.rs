@@ -6,8 +6,10 @@ use crate::http_api::HttpApi;
 use crate::pumps::{PumpError, SqsPump, StreamPump};
 use crate::resources::Resources;
 use crate::template::Template;
+use shared::bootstrap::{KlarnaConfig, StoreConfig};
+use shared::config::SecretSource;
 use shared::crypto::Sealer;
-use shared::klarna::{KlarnaClient, KlarnaClientConfig, RetryPolicy, SigningKeys};
+use shared::klarna::{RetryPolicy, SigningKeys};
 use shared::store::Store;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -45,6 +47,10 @@ pub async fn local_sdk_config() -> aws_config::SdkConfig {
         .await
 }
 
+fn config_error(e: impl std::fmt::Display) -> StackError {
+    StackError::Config(e.to_string())
+}
+
 pub struct StackOptions {
     pub template_path: PathBuf,
     /// Every resource name starts with it, so stacks never see each other.
@@ -57,6 +63,8 @@ pub struct StackOptions {
     pub klarna_retry: RetryPolicy,
     pub klarna_timeout: Duration,
     pub replay_window: chrono::Duration,
+    /// Return URLs partners may send; local runs may allow http on the loopback host.
+    pub url_policy: partner_authorize::request::UrlPolicy,
 }
 
 impl StackOptions {
@@ -76,6 +84,7 @@ impl StackOptions {
             },
             klarna_timeout: Duration::from_secs(5),
             replay_window: chrono::Duration::hours(72),
+            url_policy: partner_authorize::request::UrlPolicy::default(),
         }
     }
 }
@@ -85,6 +94,9 @@ pub struct LocalStack {
     pub resources: Resources,
     pub sdk: aws_config::SdkConfig,
     pub store: Store,
+    /// The configuration every function was built with (tests derive variants from it).
+    pub store_config: StoreConfig,
+    pub klarna_config: KlarnaConfig,
     pub sqs: aws_sdk_sqs::Client,
     pub api: Arc<HttpApi>,
     pub sqs_pumps: Vec<SqsPump>,
@@ -97,57 +109,86 @@ impl LocalStack {
     pub async fn start(sdk: aws_config::SdkConfig, opts: StackOptions) -> Result<Self, StackError> {
         let template = Template::load(&opts.template_path)?;
         let resources = Resources::create(&sdk, &template, &opts.prefix).await?;
-        let sealer = Sealer::from_base64(&opts.data_key_b64)
-            .map_err(|e| StackError::Config(e.to_string()))?;
-        let store = Store::new(
-            aws_sdk_dynamodb::Client::new(&sdk),
-            resources.table.clone(),
-            sealer,
-        );
-        let sqs = aws_sdk_sqs::Client::new(&sdk);
-        let klarna = KlarnaClient::new(KlarnaClientConfig {
+        // Every function is built through its own `Config` and `Deps::new`, as `main.rs` builds
+        // it in Lambda; only the values come from options instead of the environment.
+        let store_config = StoreConfig {
+            table: resources.table.clone(),
+            data_key: SecretSource::Value(shared::ids::SecretString::new(
+                opts.data_key_b64.clone(),
+            )),
+        };
+        let klarna_config = KlarnaConfig {
             base_url: opts.klarna_base_url.clone(),
-            api_key: shared::ids::SecretString::new(opts.klarna_api_key.clone()),
-            mtls_identity_pem: None,
+            api_key: SecretSource::Value(shared::ids::SecretString::new(
+                opts.klarna_api_key.clone(),
+            )),
+            mtls_identity: None,
             connect_timeout: Duration::from_secs(2),
             request_timeout: opts.klarna_timeout,
             retry: opts.klarna_retry,
-        })
-        .map_err(|e| StackError::Config(e.to_string()))?;
+        };
+        let store = store_config.store(&sdk).await.map_err(config_error)?;
+        let sqs = aws_sdk_sqs::Client::new(&sdk);
         let signing_keys = Arc::new(RwLock::new(opts.signing_keys.clone()));
 
         let mut http: HashMap<&str, HttpFn> = HashMap::new();
+        let api_deps = partner_authorize::Deps::new(
+            partner_authorize::Config {
+                store: store_config.clone(),
+                klarna: klarna_config.clone(),
+                url_policy: opts.url_policy,
+            },
+            &sdk,
+        )
+        .await
+        .map_err(config_error)?;
         http.insert(
             "PartnerAuthorizeFunction",
-            functions::http(
-                Arc::new(partner_authorize::Deps::new(store.clone(), klarna.clone())),
-                |d, r| async move { partner_authorize::handle(&d, r).await },
-            ),
+            functions::http(Arc::new(api_deps), |d, r| async move {
+                partner_authorize::handle(&d, r).await
+            }),
         );
+        let webhook_deps = klarna_webhook::Deps::new(
+            klarna_webhook::Config {
+                store: store_config.clone(),
+                keys: klarna_webhook::KeySource::Live(signing_keys.clone()),
+                replay_window: opts.replay_window,
+            },
+            &sdk,
+        )
+        .await
+        .map_err(config_error)?;
         http.insert(
             "KlarnaWebhookFunction",
-            functions::http(
-                Arc::new(klarna_webhook::Deps {
-                    store: store.clone(),
-                    keys: klarna_webhook::KeyProvider::Static(signing_keys.clone()),
-                    replay_window: opts.replay_window,
-                }),
-                |d, r| async move { klarna_webhook::handle(&d, r).await },
-            ),
+            functions::http(Arc::new(webhook_deps), |d, r| async move {
+                klarna_webhook::handle(&d, r).await
+            }),
         );
+        let token_deps = token_lifecycle::Deps::new(
+            token_lifecycle::Config {
+                store: store_config.clone(),
+                klarna: klarna_config.clone(),
+            },
+            &sdk,
+        )
+        .await
+        .map_err(config_error)?;
         http.insert(
             "TokenLifecycleFunction",
-            functions::http(
-                Arc::new(token_lifecycle::Deps {
-                    store: store.clone(),
-                    klarna: klarna.clone(),
-                }),
-                |d, r| async move { token_lifecycle::handle(&d, r).await },
-            ),
+            functions::http(Arc::new(token_deps), |d, r| async move {
+                token_lifecycle::handle(&d, r).await
+            }),
         );
-        let authorizer_deps = Arc::new(partner_authorizer::Deps {
-            store: store.clone(),
-        });
+        let authorizer_deps = Arc::new(
+            partner_authorizer::Deps::new(
+                partner_authorizer::Config {
+                    store: store_config.clone(),
+                },
+                &sdk,
+            )
+            .await
+            .map_err(config_error)?,
+        );
         let authorizer: AuthorizerFn = Arc::new(move |req| {
             let d = authorizer_deps.clone();
             Box::pin(async move {
@@ -168,10 +209,17 @@ impl LocalStack {
             authorizer: Some(authorizer),
         });
 
-        let step_up_deps = Arc::new(step_up_completion::Deps {
-            store: store.clone(),
-            klarna: klarna.clone(),
-        });
+        let step_up_deps = Arc::new(
+            step_up_completion::Deps::new(
+                step_up_completion::Config {
+                    store: store_config.clone(),
+                    klarna: klarna_config.clone(),
+                },
+                &sdk,
+            )
+            .await
+            .map_err(config_error)?,
+        );
         let mut sqs_pumps = Vec::new();
         for m in &template.sqs_mappings {
             let handler = match m.function.as_str() {
@@ -195,11 +243,17 @@ impl LocalStack {
                 failed_visibility_secs: opts.failed_visibility_secs,
             });
         }
-        let fanout_deps = Arc::new(partner_fanout::Deps {
-            store: store.clone(),
-            sqs: sqs.clone(),
-            step_up_queue_url: resources.queue_url("StepUpQueue").to_owned(),
-        });
+        let fanout_deps = Arc::new(
+            partner_fanout::Deps::new(
+                partner_fanout::Config {
+                    store: store_config.clone(),
+                    step_up_queue_url: resources.queue_url("StepUpQueue").to_owned(),
+                },
+                &sdk,
+            )
+            .await
+            .map_err(config_error)?,
+        );
         let mut stream_pumps = Vec::new();
         for m in &template.stream_mappings {
             let handler = match m.function.as_str() {
@@ -230,6 +284,8 @@ impl LocalStack {
             resources,
             sdk,
             store,
+            store_config,
+            klarna_config,
             sqs,
             api,
             sqs_pumps,

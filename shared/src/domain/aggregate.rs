@@ -69,7 +69,7 @@ pub enum Input<'a> {
     /// final authorize must send the new request.
     UpdateStepUp {
         amount: Option<i64>,
-        request: AuthorizeRequest,
+        request: Box<AuthorizeRequest>,
     },
 }
 
@@ -252,7 +252,7 @@ pub fn apply(
                 payment,
                 next,
                 Effects {
-                    replace_request: Some(request),
+                    replace_request: Some(*request),
                     ..Effects::default()
                 },
             ))

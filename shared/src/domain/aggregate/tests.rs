@@ -209,7 +209,9 @@ fn run(name: &str, p: &PaymentRecord) -> Result<Decision, IllegalTransition> {
             p,
             Input::UpdateStepUp {
                 amount: Some(2000),
-                request: serde_json::from_value(serde_json::json!({"currency": "EUR"})).unwrap(),
+                request: Box::new(
+                    serde_json::from_value(serde_json::json!({"currency": "EUR"})).unwrap(),
+                ),
             },
             now(),
         ),
@@ -590,7 +592,7 @@ fn an_update_replaces_the_request_the_final_authorize_sends() {
         &p,
         Input::UpdateStepUp {
             amount: Some(4200),
-            request,
+            request: Box::new(request),
         },
         now(),
     ) else {
