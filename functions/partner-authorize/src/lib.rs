@@ -1,26 +1,27 @@
-//! Partner authorize: the partner-facing API for one-time payments, token creation and token
-//! charges (flows A, B and C). Calls Klarna's authorize (initial) and answers approved (201),
-//! step-up (202) or declined (402).
+//! Partner API: the partner-facing routes around Klarna's authorize (flows A, B and C), the
+//! payment presentation, and cancel or update of a pending step-up. Each route reads
+//! load → apply → commit: the payment's transitions are decided by the aggregate in `shared`
+//! and committed through the repository.
 #![forbid(unsafe_code)]
 
-pub mod checkout;
-pub mod idempotency;
+pub mod charges;
+pub mod claims;
+pub mod flow;
+pub mod methods;
+pub mod payments;
 pub mod request;
+pub mod step_up;
 
 use aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse};
-use chrono::Utc;
-use request::{ChargeToken, CreatePayment};
-use shared::domain::{PaymentKind, PaymentState, Scope, TokenState};
 use shared::http::{self as h, ApiError};
-use shared::ids::*;
-use shared::klarna::{
-    AuthorizeHeaders, AuthorizeOutcome, AuthorizeRequest, CustomerInteractionConfig, KlarnaClient,
-    KlarnaError, RequestCustomerToken, RequestPaymentTransaction, StepUpConfig,
-};
-use shared::payments::{self, IssuedToken, PaymentView};
-use shared::store::records::*;
+use shared::ids::{BackendToken, PartnerId};
+use shared::klarna::{KlarnaClient, KlarnaError};
+use shared::repo::Repository;
+use shared::store::records::{PartnerRecord, PartnerStatus, TokenRecord};
 use shared::store::StoreError;
 use tracing::Instrument;
+
+pub use payments::{plan_payment, plan_payment_with};
 
 /// Partner request bodies are small; anything larger is refused before parsing.
 pub const BODY_LIMIT: usize = 64 * 1024;
@@ -53,10 +54,10 @@ impl Config {
 }
 
 pub struct Deps {
-    pub repo: shared::repo::Repository,
+    pub repo: Repository,
     pub klarna: KlarnaClient,
-    /// Guest payment presentations, per container (see [`checkout::PRESENTATION_TTL`]).
-    pub presentation_cache: checkout::PresentationCache,
+    /// Guest payment presentations, per container (see [`methods::PRESENTATION_TTL`]).
+    pub presentation_cache: methods::PresentationCache,
     pub url_policy: request::UrlPolicy,
 }
 
@@ -69,7 +70,7 @@ impl Deps {
         Ok(Self {
             repo: config.store.repository(sdk).await?,
             klarna: config.klarna.client().await?,
-            presentation_cache: checkout::PresentationCache::default(),
+            presentation_cache: methods::PresentationCache::default(),
             url_policy: config.url_policy,
         })
     }
@@ -77,7 +78,7 @@ impl Deps {
 
 /// Everything that can end a partner request, mapped once to an HTTP answer.
 #[derive(Debug, thiserror::Error)]
-pub enum AuthorizeError {
+pub enum PartnerApiError {
     /// The partner's request is refused (4xx), or a conflict it can resolve.
     #[error("{}", .0.message)]
     Refused(ApiError),
@@ -87,18 +88,30 @@ pub enum AuthorizeError {
     Klarna(#[from] KlarnaError),
 }
 
-impl From<ApiError> for AuthorizeError {
+impl From<ApiError> for PartnerApiError {
     fn from(e: ApiError) -> Self {
-        AuthorizeError::Refused(e)
+        PartnerApiError::Refused(e)
     }
 }
 
-impl AuthorizeError {
+impl From<shared::repo::CommitError> for PartnerApiError {
+    fn from(e: shared::repo::CommitError) -> Self {
+        match e {
+            shared::repo::CommitError::Store(e) => PartnerApiError::Store(e),
+            // A race lost more often than the flow retries: the partner retries with its key.
+            shared::repo::CommitError::Raced | shared::repo::CommitError::Duplicate => {
+                PartnerApiError::Store(StoreError::Conflict { failed: Vec::new() })
+            }
+        }
+    }
+}
+
+impl PartnerApiError {
     fn into_api_error(self) -> ApiError {
         match self {
-            AuthorizeError::Refused(e) => e,
-            AuthorizeError::Store(e) => h::store_failure(&e),
-            AuthorizeError::Klarna(e) => h::klarna_failure(&e),
+            PartnerApiError::Refused(e) => e,
+            PartnerApiError::Store(e) => h::store_failure(&e),
+            PartnerApiError::Klarna(e) => h::klarna_failure(&e),
         }
     }
 }
@@ -109,691 +122,136 @@ pub async fn handle(deps: &Deps, req: ApiGatewayV2httpRequest) -> ApiGatewayV2ht
     let span = tracing::info_span!("partner_request", correlation_id = %correlation_id, partner_id = tracing::field::Empty, route = tracing::field::Empty, payment_id = tracing::field::Empty);
     async move {
         // Boxed: the flow's future is deep, and a boxed one keeps Lambda's service future small.
-        let result = Box::pin(route(deps, &req)).await;
-        match result {
+        match Box::pin(route(deps, &req)).await {
             Ok(resp) => {
                 tracing::info!(status = resp.status_code, "answered");
                 resp
             }
-            Err(e) => {
-                let level_error = !matches!(e, AuthorizeError::Refused(_));
-                let api = e.into_api_error();
-                if level_error {
-                    tracing::error!(status = api.status, code = api.code, "request failed");
-                } else {
-                    tracing::info!(
-                        status = api.status,
-                        code = api.code,
-                        field = api.field.as_deref(),
-                        "request refused"
-                    );
-                }
-                api.into_response()
-            }
+            Err(e) => answer_error(e),
         }
     }
     .instrument(span)
     .await
 }
 
+fn answer_error(e: PartnerApiError) -> ApiGatewayV2httpResponse {
+    let refused = matches!(e, PartnerApiError::Refused(_));
+    let api = e.into_api_error();
+    if refused {
+        tracing::info!(
+            status = api.status,
+            code = api.code,
+            field = api.field.as_deref(),
+            "request refused"
+        );
+    } else {
+        tracing::error!(status = api.status, code = api.code, "request failed");
+    }
+    api.into_response()
+}
+
+/// The partner's routes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route<'a> {
+    CreatePayment,
+    GetPayment(&'a str),
+    PaymentMethods,
+    CancelStepUp(&'a str),
+    UpdatePayment(&'a str),
+    ChargeToken(&'a str),
+}
+
+impl<'a> Route<'a> {
+    /// The route of a method and path, if there is one.
+    pub fn of(method: &str, path: &'a str) -> Option<Self> {
+        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        Some(match (method, segments.as_slice()) {
+            ("POST", ["v1", "payments"]) => Route::CreatePayment,
+            ("GET", ["v1", "payments", id]) => Route::GetPayment(id),
+            ("GET", ["v1", "payment-methods"]) => Route::PaymentMethods,
+            ("DELETE", ["v1", "payments", id, "step-up"]) => Route::CancelStepUp(id),
+            ("PATCH", ["v1", "payments", id]) => Route::UpdatePayment(id),
+            ("POST", ["v1", "tokens", token, "charges"]) => Route::ChargeToken(token),
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Route::CreatePayment => "create_payment",
+            Route::GetPayment(_) => "get_payment",
+            Route::PaymentMethods => "payment_methods",
+            Route::CancelStepUp(_) => "cancel_step_up",
+            Route::UpdatePayment(_) => "update_payment",
+            Route::ChargeToken(_) => "charge_token",
+        }
+    }
+}
+
 async fn route(
     deps: &Deps,
     req: &ApiGatewayV2httpRequest,
-) -> Result<ApiGatewayV2httpResponse, AuthorizeError> {
+) -> Result<ApiGatewayV2httpResponse, PartnerApiError> {
     let partner_id = h::partner_id(req)
         .ok_or_else(|| ApiError::new(401, "unauthorized", "no partner identity"))?;
     tracing::Span::current().record("partner_id", partner_id.as_str());
     // The partner first, on every route: a disabled partner gets nothing, replays included.
-    let partner = load_partner(deps, &partner_id).await?;
-    let partner = &partner;
+    let partner = &active_partner(deps, &partner_id).await?;
     let path = h::path(req).to_owned();
-    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    match (h::method(req), segments.as_slice()) {
-        ("POST", ["v1", "payments"]) => {
-            tracing::Span::current().record("route", "create_payment");
-            create_payment(deps, partner, req).await
-        }
-        ("GET", ["v1", "payments", id]) => {
-            tracing::Span::current().record("route", "get_payment");
-            get_payment(deps, partner, id).await
-        }
-        ("GET", ["v1", "payment-methods"]) => {
-            tracing::Span::current().record("route", "payment_methods");
-            checkout::payment_methods(deps, partner, req).await
-        }
-        ("DELETE", ["v1", "payments", id, "step-up"]) => {
-            tracing::Span::current().record("route", "cancel_step_up");
-            checkout::cancel_step_up(deps, partner, id).await
-        }
-        ("PATCH", ["v1", "payments", id]) => {
-            tracing::Span::current().record("route", "update_payment");
-            checkout::update_payment(deps, partner, id, req).await
-        }
-        ("POST", ["v1", "tokens", token, "charges"]) => {
-            tracing::Span::current().record("route", "charge_token");
-            charge_token(deps, partner, token, req).await
-        }
-        _ => Err(ApiError::new(404, "route_not_found", "no such route").into()),
+    let route = Route::of(h::method(req), &path)
+        .ok_or_else(|| ApiError::new(404, "route_not_found", "no such route"))?;
+    tracing::Span::current().record("route", route.name());
+    match route {
+        Route::CreatePayment => payments::create(deps, partner, req).await,
+        Route::GetPayment(id) => payments::get(deps, partner, id).await,
+        Route::PaymentMethods => methods::payment_methods(deps, partner, req).await,
+        Route::CancelStepUp(id) => step_up::cancel(deps, partner, id).await,
+        Route::UpdatePayment(id) => step_up::update(deps, partner, id, req).await,
+        Route::ChargeToken(token) => charges::charge(deps, partner, token, req).await,
     }
 }
 
-pub(crate) async fn load_partner(
+/// The calling partner, if it is active.
+async fn active_partner(
     deps: &Deps,
     partner_id: &PartnerId,
-) -> Result<PartnerRecord, AuthorizeError> {
-    let p: Option<PartnerRecord> = deps
-        .repo
-        .store()
-        .get(&partner_pk(partner_id), PROFILE_SK)
-        .await?;
-    match p {
+) -> Result<PartnerRecord, PartnerApiError> {
+    match deps.repo.partner(partner_id).await? {
         Some(p) if p.status == PartnerStatus::Active => Ok(p),
         _ => Err(ApiError::new(403, "partner_disabled", "partner is not active").into()),
     }
 }
 
-async fn get_payment(
+/// This partner's token named by a backend token the partner sent in `field`: 400 if it cannot
+/// be one, 404 if unknown (or another partner's: rule R6), 410 if revoked.
+pub(crate) async fn live_token(
     deps: &Deps,
     partner: &PartnerRecord,
-    id: &str,
-) -> Result<ApiGatewayV2httpResponse, AuthorizeError> {
-    if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-    {
-        return Err(ApiError::not_found("payment").into());
+    raw: &str,
+    field: &str,
+) -> Result<TokenRecord, PartnerApiError> {
+    if !shared::payments::is_backend_token_shape(raw) {
+        return Err(ApiError::bad_request("malformed token").field(field).into());
     }
-    let p: Option<PaymentRecord> = deps
+    let record = deps
         .repo
-        .store()
-        .get(
-            &partner_pk(&partner.partner_id),
-            &payment_sk(&PaymentId::new(id)),
-        )
-        .await?;
-    // Another partner's payment does not exist for this partner (rule R6).
-    let p = p.ok_or_else(|| ApiError::not_found("payment"))?;
-    Ok(h::json_response(200, &PaymentView::of(&p, None)))
-}
-
-/// What a route resolved before Klarna is called.
-pub struct Plan {
-    pub kind: PaymentKind,
-    pub amount: Option<i64>,
-    pub currency: String,
-    pub reference: Option<String>,
-    pub klarna_request: AuthorizeRequest,
-    pub partner_session_token: Option<NetworkSessionToken>,
-    pub token: Option<(TokenRecord, CustomerToken)>,
-    pub requested_scopes: Vec<Scope>,
-}
-
-async fn create_payment(
-    deps: &Deps,
-    partner: &PartnerRecord,
-    req: &ApiGatewayV2httpRequest,
-) -> Result<ApiGatewayV2httpResponse, AuthorizeError> {
-    let key = idempotency::key(h::header(req, "idempotency-key"))?;
-    let body = h::body_bytes(req, BODY_LIMIT)?;
-    let (plan, canonical) = plan_payment_with(&body, deps.url_policy)?;
-    run(deps, partner, "payments", &key, &canonical, plan).await
-}
-
-/// [`plan_payment_with`] under the production URL policy (https only).
-pub fn plan_payment(body: &[u8]) -> Result<(Plan, serde_json::Value), ApiError> {
-    plan_payment_with(body, request::UrlPolicy::default())
-}
-
-/// Validates a `POST /v1/payments` body and maps it to Klarna's authorize request; also returns
-/// the parsed body for the idempotency fingerprint. Pure: the per-request CPU of the route lives
-/// here.
-pub fn plan_payment_with(
-    body: &[u8],
-    url_policy: request::UrlPolicy,
-) -> Result<(Plan, serde_json::Value), ApiError> {
-    let request::Parsed { body: b, canonical } = request::parse::<CreatePayment>(body)?;
-    let currency = request::currency(&b.currency)?;
-    let amount = b
-        .amount
-        .as_ref()
-        .map(|a| request::amount(a, "amount"))
-        .transpose()?;
-    let scopes = b
-        .request_token
-        .as_ref()
-        .map(|t| request::scopes(&t.scopes))
-        .transpose()?;
-    if amount.is_none() && scopes.is_none() {
-        return Err(
-            ApiError::bad_request("amount is required unless a token is requested").field("amount"),
-        );
-    }
-    let return_url = request::return_url(
-        &b.return_url,
-        "return_url",
-        b.app_return_url.is_none(),
-        url_policy,
-    )?;
-    let app_return_url = request::app_return_url(&b.app_return_url, url_policy)?;
-    let network_data = request::network_data(&b.klarna_network_data)?;
-    let interaction_expiry = request::step_up_expiry(&b.step_up_expiry_minutes)?;
-    let reference = request::short_text(&b.reference, "reference", 255)?;
-    let purchase_data = request::object(b.purchase_data, "purchase_data")?;
-    let session = request::short_text(
-        &b.klarna_network_session_token,
-        "klarna_network_session_token",
-        8192,
-    )?;
-    let option_id = request::short_text(&b.payment_option_id, "payment_option_id", 255)?;
-    let kind = if scopes.is_some() {
-        PaymentKind::TokenCreation
-    } else {
-        PaymentKind::OneTime
-    };
-    let plan = Plan {
-        kind,
-        amount,
-        currency: currency.clone(),
-        reference,
-        klarna_request: AuthorizeRequest {
-            currency,
-            payment_request_id: None,
-            supplementary_purchase_data: purchase_data,
-            step_up_config: Some(StepUpConfig {
-                payment_request_reference: None,
-                customer_interaction_config: CustomerInteractionConfig {
-                    method: "HANDOVER".into(),
-                    return_url,
-                    app_return_url,
-                    interaction_expiry,
-                },
-            }),
-            request_payment_transaction: amount.map(|amount| RequestPaymentTransaction {
-                amount,
-                payment_option_id: option_id,
-                payment_transaction_reference: None,
-            }),
-            request_customer_token: scopes.clone().map(|scopes| RequestCustomerToken {
-                scopes,
-                customer_token_reference: None,
-            }),
-            klarna_network_data: network_data,
-        },
-        partner_session_token: session.map(NetworkSessionToken::new),
-        token: None,
-        requested_scopes: scopes.unwrap_or_default(),
-    };
-    Ok((plan, canonical))
-}
-
-async fn charge_token(
-    deps: &Deps,
-    partner: &PartnerRecord,
-    token: &str,
-    req: &ApiGatewayV2httpRequest,
-) -> Result<ApiGatewayV2httpResponse, AuthorizeError> {
-    let key = idempotency::key(h::header(req, "idempotency-key"))?;
-    if !payments::is_backend_token_shape(token) {
-        return Err(ApiError::bad_request("malformed token")
-            .field("token")
-            .into());
-    }
-    let body = h::body_bytes(req, BODY_LIMIT)?;
-    let request::Parsed {
-        body: b,
-        mut canonical,
-    } = request::parse::<ChargeToken>(&body)?;
-    let amount = request::amount(&b.amount, "amount")?;
-    let currency = request::currency(&b.currency)?;
-    let return_url = request::return_url(
-        &b.return_url,
-        "return_url",
-        b.customer_present && b.app_return_url.is_none(),
-        deps.url_policy,
-    )?;
-    let app_return_url = request::app_return_url(&b.app_return_url, deps.url_policy)?;
-    let network_data = request::network_data(&b.klarna_network_data)?;
-    let interaction_expiry = request::step_up_expiry(&b.step_up_expiry_minutes)?;
-    let reference = request::short_text(&b.reference, "reference", 255)?;
-    let purchase_data = request::object(b.purchase_data, "purchase_data")?;
-    let session = request::short_text(
-        &b.klarna_network_session_token,
-        "klarna_network_session_token",
-        8192,
-    )?;
-    let option_id = request::short_text(&b.payment_option_id, "payment_option_id", 255)?;
-
-    let backend_token = BackendToken::new(token);
-    // The token is part of the request: the same key on another token is another request.
-    canonical["__token"] = serde_json::Value::String(payments::token_hash(&backend_token));
-    // A replay of a completed charge answers as the first time did, even if the token has been
-    // revoked since.
-    if let Some(replay) = idempotency::completed_replay(
-        deps.repo.store(),
-        &partner.partner_id,
-        "charges",
-        &key,
-        &canonical,
-    )
-    .await?
-    {
-        return Ok(replay);
-    }
-    let record: Option<TokenRecord> = deps
-        .repo
-        .store()
-        .get(
-            &partner_pk(&partner.partner_id),
-            &token_sk(&payments::token_hash(&backend_token)),
-        )
-        .await?;
-    // Unknown, or another partner's: the same 404 (rule R6).
-    let record = record.ok_or_else(|| ApiError::not_found("token").field("token"))?;
-    if record.state == TokenState::Revoked {
+        .token(&partner.partner_id, &BackendToken::new(raw))
+        .await?
+        .ok_or_else(|| ApiError::not_found("token").field(field))?;
+    if record.state == shared::domain::TokenState::Revoked {
         return Err(ApiError::new(
             410,
             "token_revoked",
             "the token is revoked and cannot be charged",
         )
-        .field("token")
+        .field(field)
         .into());
     }
-    let (kind, needed) = if b.customer_present {
-        (
-            PaymentKind::TokenChargeCustomerPresent,
-            Scope::CustomerPresent,
-        )
-    } else {
-        (
-            PaymentKind::TokenChargeCustomerNotPresent,
-            Scope::CustomerNotPresent,
-        )
-    };
-    if !record.scopes.contains(&needed) {
-        return Err(ApiError::new(
-            403,
-            "token_scope_insufficient",
-            "the token's scopes do not allow this charge",
-        )
-        .field("customer_present")
-        .into());
-    }
-    let klarna_token = payments::klarna_token_of(deps.repo.store().sealer(), &record)?;
-    let plan = Plan {
-        kind,
-        amount: Some(amount),
-        currency: currency.clone(),
-        reference,
-        klarna_request: AuthorizeRequest {
-            currency,
-            payment_request_id: None,
-            supplementary_purchase_data: purchase_data,
-            // Nobody can complete a journey for a customer-not-present charge.
-            step_up_config: b.customer_present.then(|| StepUpConfig {
-                payment_request_reference: None,
-                customer_interaction_config: CustomerInteractionConfig {
-                    method: "HANDOVER".into(),
-                    return_url,
-                    app_return_url,
-                    interaction_expiry,
-                },
-            }),
-            request_payment_transaction: Some(RequestPaymentTransaction {
-                amount,
-                payment_option_id: option_id,
-                payment_transaction_reference: None,
-            }),
-            request_customer_token: None,
-            klarna_network_data: network_data,
-        },
-        partner_session_token: session.map(NetworkSessionToken::new),
-        token: Some((record, klarna_token)),
-        requested_scopes: Vec::new(),
-    };
-    run(deps, partner, "charges", &key, &canonical, plan).await
+    Ok(record)
 }
 
-/// The authorize flow shared by every route: idempotency claim, a PENDING payment, Klarna, then
-/// the outcome, its notification and the stored answer in one transaction.
-async fn run(
-    deps: &Deps,
-    partner: &PartnerRecord,
-    route: &str,
-    key: &str,
-    canonical: &serde_json::Value,
-    mut plan: Plan,
-) -> Result<ApiGatewayV2httpResponse, AuthorizeError> {
-    let now = Utc::now();
-    let partner_id = &partner.partner_id;
-    let hash = idempotency::request_hash(route, canonical);
-    let claim =
-        match idempotency::claim(deps.repo.store(), partner_id, route, key, &hash, now).await?? {
-            idempotency::Claim::Replay { status, body } => {
-                tracing::info!("idempotent replay");
-                return Ok(raw_json(status, body));
-            }
-            idempotency::Claim::Proceed(c) => c,
-        };
-    // The payment id follows from the key, so a retry after a crash finds the same payment and
-    // sends Klarna the same idempotency key.
-    let payment_id = PaymentId::new(format!(
-        "pay_{}",
-        shared::idempotency::derive(&[partner_id.as_str(), route, key]).simple()
-    ));
-    let result = Box::pin(authorize(
-        deps,
-        partner,
-        &payment_id,
-        &claim,
-        &mut plan,
-        now,
-    ))
-    .await;
-    if let Err(e) = &result {
-        if !matches!(e, AuthorizeError::Refused(_)) {
-            idempotency::release(deps.repo.store(), &claim).await;
-        }
-    }
-    result
-}
-
-async fn authorize(
-    deps: &Deps,
-    partner: &PartnerRecord,
-    payment_id: &PaymentId,
-    claim: &IdempotencyRecord,
-    plan: &mut Plan,
-    now: chrono::DateTime<Utc>,
-) -> Result<ApiGatewayV2httpResponse, AuthorizeError> {
-    tracing::Span::current().record("payment_id", payment_id.as_str());
-    let token_id = match &plan.token {
-        Some((t, _)) => Some(t.token_id.clone()),
-        None if plan.kind == PaymentKind::TokenCreation => Some(payments::token_id_for(payment_id)),
-        None => None,
-    };
-    // References let Klarna's records and webhooks point back at ours.
-    if let Some(t) = plan.klarna_request.request_payment_transaction.as_mut() {
-        t.payment_transaction_reference = Some(payment_id.to_string());
-    }
-    if let Some(s) = plan.klarna_request.step_up_config.as_mut() {
-        s.payment_request_reference = Some(payment_id.to_string());
-    }
-    if let (Some(t), Some(id)) = (
-        plan.klarna_request.request_customer_token.as_mut(),
-        &token_id,
-    ) {
-        t.customer_token_reference = Some(id.to_string());
-    }
-    let pk = partner_pk(&partner.partner_id);
-    let sk = payment_sk(payment_id);
-    let existing: Option<PaymentRecord> = deps.repo.store().get(&pk, &sk).await?;
-    let payment = match existing {
-        Some(p) => p,
-        None => {
-            let request_json = serde_json::to_string(&plan.klarna_request)
-                .map_err(|e| StoreError::Data(e.to_string()))?;
-            let p = PaymentRecord {
-                klarna_request_sealed: deps
-                    .repo
-                    .store()
-                    .sealer()
-                    .seal_str(&request_json, &sk)
-                    .map_err(|e| StoreError::Data(e.to_string()))?,
-                pk: pk.clone(),
-                sk: sk.clone(),
-                partner_id: partner.partner_id.clone(),
-                payment_id: payment_id.clone(),
-                kind: plan.kind,
-                state: PaymentState::Pending,
-                version: 1,
-                amount: plan.amount,
-                currency: plan.currency.clone(),
-                partner_reference: plan.reference.clone(),
-                token_hash: plan
-                    .token
-                    .as_ref()
-                    .map(|(t, _)| t.sk.trim_start_matches("TOKEN#").to_owned()),
-                token_id: token_id.clone(),
-                payment_request_id: None,
-                payment_request_url: None,
-                step_up_expires_at: None,
-                payment_request_state: None,
-                payment_request_event_at: None,
-                session_token_sealed: None,
-                session_token_received_at: None,
-                completed_customer_token_sealed: None,
-                finalize_lease_until_ms: None,
-                klarna_transaction_id: None,
-                reason: None,
-                created_at: now,
-                updated_at: now,
-            };
-            match deps.repo.store().put_new(&p).await {
-                Ok(()) => p,
-                Err(e) if e.is_conflict() => deps.repo.store().get(&pk, &sk).await?.ok_or(e)?,
-                Err(e) => return Err(e.into()),
-            }
-        }
-    };
-    if payment.state != PaymentState::Pending {
-        // An earlier attempt finished; answer from what it stored.
-        return Ok(answer(deps, claim, &payment, None).await?);
-    }
-    let headers = AuthorizeHeaders {
-        idempotency_key: shared::idempotency::klarna_key(payment_id.as_str(), "authorize"),
-        customer_token: plan.token.as_ref().map(|(_, k)| k.clone()),
-        network_session_token: plan.partner_session_token.clone(),
-    };
-    let klarna_result = deps
-        .klarna
-        .authorize(&partner.klarna_account_id, &plan.klarna_request, &headers)
-        .await;
-    // Retryable failures leave the payment PENDING: the partner's retry sends the same key.
-    let klarna_result = match klarna_result {
-        Err(e) if e.is_retryable() => return Err(e.into()),
-        other => other,
-    };
-    let mut token_now = plan.token.as_ref().map(|(t, _)| t.clone());
-    for attempt in 0..3 {
-        let mut next = payment.clone();
-        next.version += 1;
-        next.updated_at = now;
-        let mut tx = deps.repo.store().tx();
-        let mut issued: Option<IssuedToken> = None;
-        let mut refusal: Option<ApiError> = None;
-        match &klarna_result {
-            Ok(resp) => match AuthorizeOutcome::from_response(resp) {
-                Ok(AuthorizeOutcome::Approved {
-                    transaction_id,
-                    customer_token,
-                }) => {
-                    next.state = PaymentState::Authorized;
-                    next.klarna_transaction_id = transaction_id;
-                    if let (PaymentKind::TokenCreation, Some(ct)) = (plan.kind, customer_token) {
-                        let i = payments::issue_token(
-                            deps.repo.store().sealer(),
-                            &next,
-                            ct,
-                            plan.requested_scopes.clone(),
-                            None,
-                            now,
-                        )?;
-                        tx.put_new(&i.record)?;
-                        // Not conditional: the link carries no state, only where the token is.
-                        tx.put(&i.link)?;
-                        issued = Some(i);
-                    } else if plan.kind == PaymentKind::TokenCreation {
-                        next.reason = Some("KLARNA_ISSUED_NO_CUSTOMER_TOKEN".into());
-                    }
-                }
-                Ok(AuthorizeOutcome::Declined { reason }) => {
-                    next.state = PaymentState::Declined;
-                    next.reason = Some(reason.unwrap_or_else(|| "DECLINED".into()));
-                }
-                Ok(AuthorizeOutcome::StepUp { .. }) if !plan.kind.may_step_up() => {
-                    // Nobody is present to complete a journey: a step-up here is a decline.
-                    next.state = PaymentState::Declined;
-                    next.reason = Some("STEP_UP_REQUIRED_CUSTOMER_NOT_PRESENT".into());
-                    tracing::warn!(
-                        "Klarna asked a customer-not-present charge to step up; declined"
-                    );
-                }
-                Ok(AuthorizeOutcome::StepUp {
-                    payment_request_id,
-                    payment_request_url,
-                    expires_at,
-                }) => {
-                    next.state = PaymentState::StepUpPending;
-                    next.payment_request_state = Some("SUBMITTED".into());
-                    tx.put_new(&PaymentRequestLink {
-                        pk: payment_request_pk(&payment_request_id),
-                        sk: "LINK".into(),
-                        partner_id: partner.partner_id.clone(),
-                        payment_id: payment_id.clone(),
-                    })?;
-                    next.payment_request_id = Some(payment_request_id);
-                    next.payment_request_url = payment_request_url;
-                    next.step_up_expires_at = expires_at;
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "Klarna's authorize answer is not usable");
-                    next.state = PaymentState::Failed;
-                    next.reason = Some("KLARNA_ANSWER_UNUSABLE".into());
-                }
-            },
-            Err(e) if e.means_token_revoked() && plan.token.is_some() => {
-                // Revoked on Klarna's side (customer or Klarna): follow it, and tell the partner once.
-                // A concurrent revoke may have marked it already: then it also notified.
-                if let Some(record) = token_now.as_ref().filter(|t| t.state == TokenState::Active) {
-                    let mut revoked = record.clone();
-                    revoked.state = TokenState::Revoked;
-                    revoked.version += 1;
-                    revoked.revoked_at = Some(now);
-                    revoked.revoked_reason = Some("REVOKED_AT_KLARNA".into());
-                    tx.put_if_version(&revoked, record.version)?;
-                    tx.notify(&payments::token_revoked_notification(
-                        &revoked,
-                        "REVOKED_AT_KLARNA",
-                        now,
-                    ))?;
-                }
-                next.state = PaymentState::Declined;
-                next.reason = Some("CUSTOMER_TOKEN_REVOKED".into());
-            }
-            Err(e) => {
-                let (code, param) = match &e {
-                    KlarnaError::Api { body, .. } => (
-                        body.error_code
-                            .clone()
-                            .unwrap_or_else(|| "KLARNA_ERROR".into()),
-                        body.first_parameter().map(str::to_owned),
-                    ),
-                    _ => ("KLARNA_ERROR".into(), None),
-                };
-                next.state = PaymentState::Failed;
-                next.reason = Some(format!("KLARNA_REJECTED:{code}"));
-                let mut api = ApiError::new(
-                    422,
-                    "klarna_rejected",
-                    format!("Klarna refused the request ({code})"),
-                );
-                api.field = param;
-                refusal = Some(api);
-            }
-        }
-        debug_assert!(payment.state.can_transition_to(next.state));
-        tx.put_if_version(&next, payment.version)?;
-        if let Some(n) = payments::payment_notification(&next, issued.as_ref(), now) {
-            tx.notify(&n)?;
-        }
-        let (status, body) = match &refusal {
-            Some(api) => (
-                api.status,
-                serde_json::json!({ "error": api, "payment": PaymentView::of(&next, None) })
-                    .to_string(),
-            ),
-            None => {
-                let view = PaymentView::of(&next, issued.as_ref());
-                (
-                    view.http_status(),
-                    serde_json::to_string(&view).map_err(|e| StoreError::Data(e.to_string()))?,
-                )
-            }
-        };
-        tx.put(&idempotency::completed(
-            deps.repo.store(),
-            claim,
-            status,
-            &body,
-        )?)?;
-        match tx.commit().await {
-            Ok(()) => {
-                tracing::info!(from = %payment.state, to = %next.state, kind = ?plan.kind, "payment moved");
-                return Ok(raw_json(status, body));
-            }
-            Err(e) if e.is_conflict() => {
-                let current: PaymentRecord = deps.repo.store().get(&pk, &sk).await?.ok_or(e)?;
-                if current.state != PaymentState::Pending {
-                    // Someone else (a retry that took over an expired lease) recorded the outcome.
-                    tracing::info!(state = %current.state, "lost the race; answering from the stored outcome");
-                    return Ok(answer(deps, claim, &current, None).await?);
-                }
-                // The payment is untouched: another item moved (a concurrent revoke of the token).
-                // Decide again from fresh reads.
-                tracing::info!(attempt, "outcome write raced another writer; retrying");
-                if let Some((t, _)) = &plan.token {
-                    token_now = deps.repo.store().get(&t.pk, &t.sk).await?;
-                }
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Err(StoreError::Conflict { failed: Vec::new() }.into())
-}
-
-/// Answers from a stored payment and completes the idempotency claim with that answer.
-async fn answer(
-    deps: &Deps,
-    claim: &IdempotencyRecord,
-    p: &PaymentRecord,
-    issued: Option<&IssuedToken>,
-) -> Result<ApiGatewayV2httpResponse, StoreError> {
-    let view = PaymentView::of(p, issued);
-    let status = view.http_status();
-    let body = serde_json::to_string(&view).map_err(|e| StoreError::Data(e.to_string()))?;
-    // Only while the claim is still ours: if the writer that won the race already stored its
-    // answer (which may carry a newly issued token), that answer stands and is replayed.
-    let done = idempotency::completed(deps.repo.store(), claim, status, &body)?;
-    let ours = aws_sdk_dynamodb::types::AttributeValue::N(claim.lease_until_ms.to_string());
-    match deps
-        .repo
-        .store()
-        .put_if_equals(&done, "lease_until_ms", ours, "status", "IN_PROGRESS")
-        .await
-    {
-        Ok(()) => Ok(raw_json(status, body)),
-        Err(e) if e.is_conflict() => {
-            let stored: IdempotencyRecord = deps
-                .repo
-                .store()
-                .get(&claim.pk, &claim.sk)
-                .await?
-                .ok_or(e)?;
-            match (stored.response_status, stored.response_body_sealed) {
-                (Some(status), Some(sealed)) => Ok(raw_json(
-                    status,
-                    deps.repo
-                        .store()
-                        .sealer()
-                        .open_str(&sealed, &claim.sk)
-                        .map_err(|e| StoreError::Data(e.to_string()))?,
-                )),
-                _ => Ok(raw_json(status, body)),
-            }
-        }
-        Err(e) => Err(e),
-    }
-}
-
-fn raw_json(status: u16, body: String) -> ApiGatewayV2httpResponse {
+/// A JSON answer whose body is already serialized (stored answers are replayed byte for byte).
+pub(crate) fn raw_json(status: u16, body: String) -> ApiGatewayV2httpResponse {
     let mut resp = h::empty_response(status);
     resp.headers.insert(
         "content-type",
@@ -801,4 +259,52 @@ fn raw_json(status: u16, body: String) -> ApiGatewayV2httpResponse {
     );
     resp.body = Some(aws_lambda_events::encodings::Body::Text(body));
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_are_recognised_by_method_and_path() {
+        assert_eq!(
+            Route::of("POST", "/v1/payments"),
+            Some(Route::CreatePayment)
+        );
+        assert_eq!(
+            Route::of("GET", "/v1/payments/pay_1"),
+            Some(Route::GetPayment("pay_1"))
+        );
+        assert_eq!(
+            Route::of("DELETE", "/v1/payments/pay_1/step-up"),
+            Some(Route::CancelStepUp("pay_1"))
+        );
+        assert_eq!(
+            Route::of("PATCH", "/v1/payments/pay_1/"),
+            Some(Route::UpdatePayment("pay_1"))
+        );
+        assert_eq!(
+            Route::of("POST", "/v1/tokens/apt_x/charges"),
+            Some(Route::ChargeToken("apt_x"))
+        );
+        assert_eq!(
+            Route::of("GET", "/v1/payment-methods"),
+            Some(Route::PaymentMethods)
+        );
+        for (m, p) in [
+            ("PUT", "/v1/payments"),
+            ("GET", "/v1/payments/a/b"),
+            ("POST", "/v1/tokens/x"),
+            ("GET", "/"),
+        ] {
+            assert_eq!(Route::of(m, p), None, "{m} {p}");
+        }
+    }
+
+    #[test]
+    fn a_lost_race_is_a_retryable_store_answer() {
+        let e: PartnerApiError = shared::repo::CommitError::Raced.into();
+        let api = e.into_api_error();
+        assert_eq!((api.status, api.code), (409, "concurrent_update"));
+    }
 }

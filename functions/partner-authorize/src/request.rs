@@ -324,6 +324,74 @@ pub fn object(v: Option<Value>, field: &str) -> Result<Option<Value>, ApiError> 
     }
 }
 
+/// What both authorize routes forward to Klarna besides amount and currency, validated.
+pub struct Forwarded {
+    pub reference: Option<String>,
+    pub purchase_data: Option<Value>,
+    pub session_token: Option<shared::ids::NetworkSessionToken>,
+    pub payment_option_id: Option<String>,
+    pub network_data: Option<String>,
+    pub interaction_expiry: Option<InteractionExpiry>,
+}
+
+impl Forwarded {
+    /// Validates the partner's forwarded fields (the names are the same on both routes).
+    pub fn parse(
+        reference: &Option<String>,
+        purchase_data: Option<Value>,
+        session_token: &Option<String>,
+        payment_option_id: &Option<String>,
+        network_data: &Option<String>,
+        step_up_expiry_minutes: &Option<Value>,
+    ) -> Result<Self, ApiError> {
+        Ok(Self {
+            reference: short_text(reference, "reference", 255)?,
+            purchase_data: object(purchase_data, "purchase_data")?,
+            session_token: short_text(session_token, "klarna_network_session_token", 8192)?
+                .map(shared::ids::NetworkSessionToken::new),
+            payment_option_id: short_text(payment_option_id, "payment_option_id", 255)?,
+            network_data: self::network_data(network_data)?,
+            interaction_expiry: step_up_expiry(step_up_expiry_minutes)?,
+        })
+    }
+
+    /// Klarna's authorize request for this purchase. `handover` is where a step-up returns the
+    /// customer (none when nobody is present); `scopes` asks for a customer token.
+    pub fn authorize_request(
+        &self,
+        currency: &str,
+        amount: Option<i64>,
+        handover: Option<(Option<String>, Option<String>)>,
+        scopes: Option<Vec<Scope>>,
+    ) -> shared::klarna::AuthorizeRequest {
+        use shared::klarna::*;
+        AuthorizeRequest {
+            currency: currency.to_owned(),
+            payment_request_id: None,
+            supplementary_purchase_data: self.purchase_data.clone(),
+            step_up_config: handover.map(|(return_url, app_return_url)| StepUpConfig {
+                payment_request_reference: None,
+                customer_interaction_config: CustomerInteractionConfig {
+                    method: "HANDOVER".into(),
+                    return_url,
+                    app_return_url,
+                    interaction_expiry: self.interaction_expiry.clone(),
+                },
+            }),
+            request_payment_transaction: amount.map(|amount| RequestPaymentTransaction {
+                amount,
+                payment_option_id: self.payment_option_id.clone(),
+                payment_transaction_reference: None,
+            }),
+            request_customer_token: scopes.map(|scopes| RequestCustomerToken {
+                scopes,
+                customer_token_reference: None,
+            }),
+            klarna_network_data: self.network_data.clone(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,160 @@
+//! `POST /v1/payments` (one-time payments and token creation, flow A) and
+//! `GET /v1/payments/{id}`.
+
+use crate::flow::{self, Plan};
+use crate::request::{self, CreatePayment, Forwarded, UrlPolicy};
+use crate::{Deps, PartnerApiError, BODY_LIMIT};
+use aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse};
+use shared::domain::PaymentKind;
+use shared::http::{self as h, ApiError};
+use shared::ids::PaymentId;
+use shared::payments::PaymentView;
+use shared::store::records::PartnerRecord;
+
+/// `POST /v1/payments`.
+pub async fn create(
+    deps: &Deps,
+    partner: &PartnerRecord,
+    req: &ApiGatewayV2httpRequest,
+) -> Result<ApiGatewayV2httpResponse, PartnerApiError> {
+    let key = crate::claims::key(h::header(req, "idempotency-key"))?;
+    let body = h::body_bytes(req, BODY_LIMIT)?;
+    let (plan, canonical) = plan_payment_with(&body, deps.url_policy)?;
+    flow::run(deps, partner, "payments", &key, &canonical, plan).await
+}
+
+/// [`plan_payment_with`] under the production URL policy (https only).
+pub fn plan_payment(body: &[u8]) -> Result<(Plan, serde_json::Value), ApiError> {
+    plan_payment_with(body, UrlPolicy::default())
+}
+
+/// Validates a `POST /v1/payments` body and maps it to Klarna's authorize request; also returns
+/// the parsed body for the idempotency fingerprint. Pure: the per-request CPU of the route lives
+/// here.
+pub fn plan_payment_with(
+    body: &[u8],
+    url_policy: UrlPolicy,
+) -> Result<(Plan, serde_json::Value), ApiError> {
+    let request::Parsed { body: b, canonical } = request::parse::<CreatePayment>(body)?;
+    let currency = request::currency(&b.currency)?;
+    let amount = b
+        .amount
+        .as_ref()
+        .map(|a| request::amount(a, "amount"))
+        .transpose()?;
+    let scopes = b
+        .request_token
+        .as_ref()
+        .map(|t| request::scopes(&t.scopes))
+        .transpose()?;
+    if amount.is_none() && scopes.is_none() {
+        return Err(
+            ApiError::bad_request("amount is required unless a token is requested").field("amount"),
+        );
+    }
+    let return_url = request::return_url(
+        &b.return_url,
+        "return_url",
+        b.app_return_url.is_none(),
+        url_policy,
+    )?;
+    let app_return_url = request::app_return_url(&b.app_return_url, url_policy)?;
+    let forwarded = Forwarded::parse(
+        &b.reference,
+        b.purchase_data,
+        &b.klarna_network_session_token,
+        &b.payment_option_id,
+        &b.klarna_network_data,
+        &b.step_up_expiry_minutes,
+    )?;
+    let kind = if scopes.is_some() {
+        PaymentKind::TokenCreation
+    } else {
+        PaymentKind::OneTime
+    };
+    let klarna_request = forwarded.authorize_request(
+        &currency,
+        amount,
+        Some((return_url, app_return_url)),
+        scopes.clone(),
+    );
+    let plan = Plan {
+        kind,
+        amount,
+        currency,
+        reference: forwarded.reference,
+        klarna_request,
+        partner_session_token: forwarded.session_token,
+        token: None,
+        requested_scopes: scopes.unwrap_or_default(),
+    };
+    Ok((plan, canonical))
+}
+
+/// `GET /v1/payments/{id}`: another partner's payment does not exist for this partner (R6).
+pub async fn get(
+    deps: &Deps,
+    partner: &PartnerRecord,
+    id: &str,
+) -> Result<ApiGatewayV2httpResponse, PartnerApiError> {
+    let p = deps
+        .repo
+        .payment(&partner.partner_id, &payment_id(id)?)
+        .await?
+        .ok_or_else(|| ApiError::not_found("payment"))?;
+    Ok(h::json_response(200, &PaymentView::of(&p, None)))
+}
+
+/// A payment id from a path: one that cannot be ours is simply not found.
+pub(crate) fn payment_id(id: &str) -> Result<PaymentId, ApiError> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if ok {
+        Ok(PaymentId::new(id))
+    } else {
+        Err(ApiError::not_found("payment"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_creation_asks_klarna_for_the_token_and_a_handover() {
+        let body = br#"{"currency":"EUR","return_url":"https://shop.example/r",
+            "request_token":{"scopes":["payment:customer_not_present"]}}"#;
+        let (plan, _) = plan_payment(body).unwrap();
+        assert_eq!(plan.kind, PaymentKind::TokenCreation);
+        assert!(plan.amount.is_none());
+        let r = &plan.klarna_request;
+        assert!(r.request_payment_transaction.is_none());
+        assert_eq!(r.request_customer_token.as_ref().unwrap().scopes.len(), 1);
+        assert_eq!(
+            r.step_up_config
+                .as_ref()
+                .unwrap()
+                .customer_interaction_config
+                .return_url
+                .as_deref(),
+            Some("https://shop.example/r")
+        );
+    }
+
+    #[test]
+    fn neither_amount_nor_token_is_refused() {
+        let e = plan_payment(br#"{"currency":"EUR","return_url":"https://s.example/r"}"#)
+            .err()
+            .unwrap();
+        assert_eq!((e.status, e.field.as_deref()), (400, Some("amount")));
+    }
+
+    #[test]
+    fn path_ids_that_cannot_be_ours_are_not_found() {
+        assert!(payment_id("pay_0123abc").is_ok());
+        for bad in ["", "pay-1", "../x", &"a".repeat(65)] {
+            assert_eq!(payment_id(bad).unwrap_err().status, 404, "{bad}");
+        }
+    }
+}
