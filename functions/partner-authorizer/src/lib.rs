@@ -7,7 +7,8 @@ use aws_lambda_events::apigw::{
 };
 use shared::crypto::sha256_hex;
 use shared::http::PARTNER_ID_CONTEXT_KEY;
-use shared::store::records::{api_key_pk, ApiKeyRecord, PartnerStatus};
+use shared::ids::PartnerId;
+use shared::store::records::{ApiKeyRecord, PartnerStatus};
 use shared::store::StoreError;
 
 /// What the function is configured with (from the environment in `main.rs`, from options in
@@ -60,30 +61,59 @@ fn api_key(req: &ApiGatewayV2CustomAuthorizerV2Request) -> Option<&str> {
         .then_some(key)
 }
 
+/// What the authorizer decided about a request.
+#[derive(Debug, PartialEq)]
+enum Verdict {
+    /// A live key of an active partner.
+    Authorized(PartnerId),
+    /// A key whose partner is disabled.
+    Disabled(PartnerId),
+    /// No key of ours.
+    Unknown,
+}
+
+/// The verdict on the key record found (if any).
+fn verdict(record: Option<ApiKeyRecord>) -> Verdict {
+    match record {
+        Some(r) if r.status == PartnerStatus::Active => Verdict::Authorized(r.partner_id),
+        Some(r) => Verdict::Disabled(r.partner_id),
+        None => Verdict::Unknown,
+    }
+}
+
+/// API Gateway's simple response: authorized requests carry the partner id, and nothing else,
+/// in the context the functions read it from.
+fn response(v: &Verdict) -> ApiGatewayV2CustomAuthorizerSimpleResponse {
+    let mut resp = ApiGatewayV2CustomAuthorizerSimpleResponse::default();
+    if let Verdict::Authorized(partner_id) = v {
+        resp.is_authorized = true;
+        resp.context = serde_json::json!({ PARTNER_ID_CONTEXT_KEY: partner_id });
+    }
+    resp
+}
+
 pub async fn handle(
     deps: &Deps,
     req: ApiGatewayV2CustomAuthorizerV2Request,
 ) -> Result<ApiGatewayV2CustomAuthorizerSimpleResponse, AuthorizerError> {
-    let mut resp = ApiGatewayV2CustomAuthorizerSimpleResponse::default();
     let Some(key) = api_key(&req) else {
         tracing::info!(
             route = req.route_key.as_deref(),
             "refused: no bearer API key"
         );
-        return Ok(resp);
+        return Ok(response(&Verdict::Unknown));
     };
     let hash = sha256_hex(key.as_bytes());
-    let record: Option<ApiKeyRecord> = deps.repo.store().get(&api_key_pk(&hash), "API_KEY").await?;
-    match record {
-        Some(r) if r.status == PartnerStatus::Active => {
-            tracing::info!(partner_id = %r.partner_id, "partner authorized");
-            resp.is_authorized = true;
-            resp.context = serde_json::json!({ PARTNER_ID_CONTEXT_KEY: r.partner_id });
+    let v = verdict(deps.repo.api_key(&hash).await?);
+    // Logs name the partner or a prefix of the key's hash, never the key.
+    match &v {
+        Verdict::Authorized(p) => tracing::info!(partner_id = %p, "partner authorized"),
+        Verdict::Disabled(p) => tracing::info!(partner_id = %p, "refused: partner disabled"),
+        Verdict::Unknown => {
+            tracing::info!(key_hash_prefix = &hash[..8], "refused: unknown API key")
         }
-        Some(r) => tracing::info!(partner_id = %r.partner_id, "refused: partner disabled"),
-        None => tracing::info!(key_hash_prefix = &hash[..8], "refused: unknown API key"),
     }
-    Ok(resp)
+    Ok(response(&v))
 }
 
 impl From<AuthorizerError> for lambda_runtime::Diagnostic {
@@ -92,5 +122,79 @@ impl From<AuthorizerError> for lambda_runtime::Diagnostic {
             AuthorizerError::Store(s) => s.is_retryable(),
         };
         shared::lambda::diagnostic("Store", retryable, e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(authorization: Option<&str>) -> ApiGatewayV2CustomAuthorizerV2Request {
+        let mut req = ApiGatewayV2CustomAuthorizerV2Request::default();
+        if let Some(v) = authorization {
+            req.headers
+                .insert("authorization", v.parse().expect("header value"));
+        }
+        req
+    }
+
+    #[test]
+    fn only_a_bearer_key_of_sane_length_is_read() {
+        assert_eq!(api_key(&request(Some("Bearer kbk_abc"))), Some("kbk_abc"));
+        assert_eq!(
+            api_key(&request(Some("  bearer   kbk_abc  "))),
+            Some("kbk_abc")
+        );
+        assert_eq!(api_key(&request(Some("BEARER kbk_abc"))), Some("kbk_abc"));
+        let longest = format!("Bearer {}", "k".repeat(MAX_KEY_LEN));
+        assert!(api_key(&request(Some(&longest))).is_some());
+        let too_long = format!("Bearer {}", "k".repeat(MAX_KEY_LEN + 1));
+        for refused in [
+            None,
+            Some(""),
+            Some("Bearer"),
+            Some("Bearer   "),
+            Some("Basic a2V5OnNlY3JldA=="),
+            Some("kbk_abc"),
+            Some(too_long.as_str()),
+        ] {
+            assert_eq!(api_key(&request(refused)), None, "{refused:?}");
+        }
+    }
+
+    fn key(status: PartnerStatus) -> ApiKeyRecord {
+        ApiKeyRecord {
+            pk: "pk".into(),
+            sk: "sk".into(),
+            partner_id: PartnerId::new("shop-a"),
+            status,
+            created_at: chrono::Utc::now(),
+        }
+    }
+
+    #[test]
+    fn only_an_active_partners_key_is_authorized_with_its_partner_id() {
+        let shop = PartnerId::new("shop-a");
+        assert_eq!(
+            verdict(Some(key(PartnerStatus::Active))),
+            Verdict::Authorized(shop.clone())
+        );
+        assert_eq!(
+            verdict(Some(key(PartnerStatus::Disabled))),
+            Verdict::Disabled(shop.clone())
+        );
+        assert_eq!(verdict(None), Verdict::Unknown);
+
+        let yes = response(&Verdict::Authorized(shop.clone()));
+        assert!(yes.is_authorized);
+        assert_eq!(
+            yes.context,
+            serde_json::json!({ PARTNER_ID_CONTEXT_KEY: "shop-a" })
+        );
+        for no in [Verdict::Disabled(shop), Verdict::Unknown] {
+            let r = response(&no);
+            assert!(!r.is_authorized, "{no:?}");
+            assert_eq!(r.context, serde_json::Value::Null, "{no:?}");
+        }
     }
 }

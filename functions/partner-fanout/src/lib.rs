@@ -12,12 +12,12 @@
 
 use aws_lambda_events::event::dynamodb::Event as DynamoDbEvent;
 use aws_lambda_events::event::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse};
+use aws_sdk_sqs::operation::send_message_batch::SendMessageBatchOutput;
 use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
 use chrono::Utc;
 use shared::ids::PartnerId;
 use shared::notify::{self, NotificationType};
-use shared::partners;
-use shared::store::records::*;
+use shared::store::records::{OutboxItem, OutboxKind, PartnerRecord};
 use shared::store::StoreError;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
@@ -86,7 +86,20 @@ pub struct Outgoing {
 }
 
 pub async fn handle(deps: &Deps, event: DynamoDbEvent) -> DynamoDbEventResponse {
-    let now = Utc::now();
+    // Boxed: the builder's future nests the repository's reads deeply enough to pass the
+    // compiler's layout depth limit when laid out inside the runtime's future.
+    let (outgoing, mut failed_records) = Box::pin(build_all(deps, &event, Utc::now())).await;
+    failed_records.extend(send_all(&deps.sqs, outgoing).await);
+    batch_item_failures(&event, failed_records)
+}
+
+/// The messages of every outbox item the stream inserted, and the records whose messages could
+/// not be built (or that wait behind such a record of their group).
+async fn build_all(
+    deps: &Deps,
+    event: &DynamoDbEvent,
+    now: chrono::DateTime<Utc>,
+) -> (Vec<Outgoing>, BTreeSet<usize>) {
     let mut partners = PartnerCache::default();
     let mut holds = Holds::default();
     let mut outgoing = Vec::new();
@@ -95,8 +108,7 @@ pub async fn handle(deps: &Deps, event: DynamoDbEvent) -> DynamoDbEventResponse 
         if record.event_name != "INSERT" {
             continue;
         }
-        let item: Result<OutboxItem, _> = serde_dynamo::from_item(record.change.new_image.clone());
-        let Ok(item) = item else {
+        let Some(item) = deps.repo.outbox_item(&record.change.new_image) else {
             // Not an outbox item (the filter should have kept it away): nothing to relay.
             continue;
         };
@@ -116,13 +128,17 @@ pub async fn handle(deps: &Deps, event: DynamoDbEvent) -> DynamoDbEventResponse 
             }
         }
     }
-    for i in send_all(&deps.sqs, outgoing).await {
-        failed_records.insert(i);
-    }
-    // Every record that was not wholly delivered, whether it failed or was held back behind a
-    // failure of its group. A DynamoDB stream resumes from the lowest reported sequence number
-    // and delivers every later record of the shard again, so all of these are redelivered, in
-    // order, and the copies of records that did go out are dropped by the FIFO deduplication id.
+    (outgoing, failed_records)
+}
+
+/// Every record that was not wholly delivered, whether it failed or was held back behind a
+/// failure of its group. A DynamoDB stream resumes from the lowest reported sequence number and
+/// delivers every later record of the shard again, so all of these are redelivered, in order,
+/// and the copies of records that did go out are dropped by the FIFO deduplication id.
+fn batch_item_failures(
+    event: &DynamoDbEvent,
+    failed_records: BTreeSet<usize>,
+) -> DynamoDbEventResponse {
     let mut response = DynamoDbEventResponse::default();
     for i in failed_records {
         let mut f = DynamoDbBatchItemFailure::default();
@@ -186,9 +202,7 @@ async fn messages_for(
 ) -> Result<Vec<Outgoing>, FanoutError> {
     let body = deps
         .repo
-        .store()
-        .sealer()
-        .open_str(&item.payload_sealed, item.id.as_str())
+        .outbox_body(item)
         .map_err(|e| FanoutError::BadRecord(e.to_string()))?;
     match item.kind {
         OutboxKind::FinalizeJob => Ok(vec![Outgoing {
@@ -200,18 +214,26 @@ async fn messages_for(
             attributes: vec![("job-id", item.id.to_string())],
         }]),
         OutboxKind::Notification => {
-            let pk = partner_pk(&item.partner_id);
-            let partner = partners
-                .get(
-                    &item.partner_id,
-                    || deps.repo.store().get(&pk, PROFILE_SK),
-                    |p| partners::notification_secrets(deps.repo.store(), p),
-                )
-                .await?
-                .ok_or_else(|| FanoutError::UnknownPartner(item.partner_id.clone()))?;
+            let partner = partner(deps, partners, &item.partner_id).await?;
             partner_messages(record, item, &body, &partner.record, &partner.secrets, now)
         }
     }
+}
+
+/// The partner with its secrets opened, read through the invocation's cache.
+async fn partner<'c>(
+    deps: &Deps,
+    partners: &'c mut PartnerCache,
+    id: &PartnerId,
+) -> Result<&'c CachedPartner, FanoutError> {
+    partners
+        .get(
+            id,
+            || deps.repo.partner(id),
+            |p| deps.repo.notification_secrets(p),
+        )
+        .await?
+        .ok_or_else(|| FanoutError::UnknownPartner(id.clone()))
 }
 
 /// The signed messages of one notification for each of the partner's matching subscriptions.
@@ -387,14 +409,7 @@ async fn send_batch(sqs: &aws_sdk_sqs::Client, queue: &str, chunk: &[Outgoing]) 
         if attempt > 0 {
             tokio::time::sleep(std::time::Duration::from_millis(50 << (attempt - 1))).await;
         }
-        let mut sent = Vec::with_capacity(pending.len());
-        let mut entries = Vec::with_capacity(pending.len());
-        for &i in &pending {
-            if let Some(e) = entry(i, &chunk[i]) {
-                sent.push(i);
-                entries.push(e);
-            }
-        }
+        let (sent, entries) = entries(chunk, &pending);
         if entries.is_empty() {
             // Nothing that can be sent (SQS refuses an empty batch): the rest stays undelivered.
             break;
@@ -407,37 +422,7 @@ async fn send_batch(sqs: &aws_sdk_sqs::Client, queue: &str, chunk: &[Outgoing]) 
             .await;
         match result {
             Ok(out) => {
-                // An entry that could not even be built was not sent: it stays pending, as a
-                // refused one does, rather than counting as delivered.
-                let mut refused: Vec<usize> = pending
-                    .iter()
-                    .copied()
-                    .filter(|i| !sent.contains(i))
-                    .collect();
-                refused.extend(
-                    out.failed()
-                        .iter()
-                        .filter_map(|f| f.id().strip_prefix('m')?.parse::<usize>().ok())
-                        .filter(|i| sent.contains(i)),
-                );
-                for f in out.failed() {
-                    tracing::warn!(
-                        queue,
-                        entry = f.id(),
-                        code = f.code(),
-                        sender_fault = f.sender_fault(),
-                        attempt,
-                        "SQS refused a batch entry"
-                    );
-                }
-                if accepted_after_refused(chunk, &sent, &refused) {
-                    tracing::error!(
-                        queue,
-                        attempt,
-                        metric = "FanoutOrderBroken",
-                        "SQS enqueued a later message of a FIFO group whose earlier message it refused in the same batch"
-                    );
-                }
+                let refused = not_enqueued(queue, attempt, chunk, &pending, &sent, &out);
                 pending.retain(|i| refused.contains(i));
                 if pending.is_empty() {
                     return Vec::new();
@@ -463,6 +448,65 @@ async fn send_batch(sqs: &aws_sdk_sqs::Client, queue: &str, chunk: &[Outgoing]) 
     pending
 }
 
+/// The entries of the pending messages that can be built, with their indices into the chunk.
+fn entries(
+    chunk: &[Outgoing],
+    pending: &[usize],
+) -> (Vec<usize>, Vec<SendMessageBatchRequestEntry>) {
+    let mut sent = Vec::with_capacity(pending.len());
+    let mut entries = Vec::with_capacity(pending.len());
+    for &i in pending {
+        if let Some(e) = entry(i, &chunk[i]) {
+            sent.push(i);
+            entries.push(e);
+        }
+    }
+    (sent, entries)
+}
+
+/// The pending messages one `SendMessageBatch` call did not enqueue: the entries SQS refused and
+/// those that could not even be built (not sent, so they stay pending, as a refused one does,
+/// rather than counting as delivered). Logs each refusal and a broken FIFO order.
+fn not_enqueued(
+    queue: &str,
+    attempt: usize,
+    chunk: &[Outgoing],
+    pending: &[usize],
+    sent: &[usize],
+    out: &SendMessageBatchOutput,
+) -> Vec<usize> {
+    let mut refused: Vec<usize> = pending
+        .iter()
+        .copied()
+        .filter(|i| !sent.contains(i))
+        .collect();
+    refused.extend(
+        out.failed()
+            .iter()
+            .filter_map(|f| f.id().strip_prefix('m')?.parse::<usize>().ok())
+            .filter(|i| sent.contains(i)),
+    );
+    for f in out.failed() {
+        tracing::warn!(
+            queue,
+            entry = f.id(),
+            code = f.code(),
+            sender_fault = f.sender_fault(),
+            attempt,
+            "SQS refused a batch entry"
+        );
+    }
+    if accepted_after_refused(chunk, sent, &refused) {
+        tracing::error!(
+            queue,
+            attempt,
+            metric = "FanoutOrderBroken",
+            "SQS enqueued a later message of a FIFO group whose earlier message it refused in the same batch"
+        );
+    }
+    refused
+}
+
 fn entry(i: usize, m: &Outgoing) -> Option<SendMessageBatchRequestEntry> {
     let mut b = SendMessageBatchRequestEntry::builder()
         .id(format!("m{i}"))
@@ -484,8 +528,10 @@ fn entry(i: usize, m: &Outgoing) -> Option<SendMessageBatchRequestEntry> {
 mod tests {
     use super::*;
     use shared::crypto::Sealer;
-    use shared::store::Store;
     use shared::ids::{KlarnaAccountId, NotificationId};
+    use shared::partners;
+    use shared::store::records::{partner_pk, PartnerStatus, Subscription, PROFILE_SK};
+    use shared::store::Store;
     use std::cell::Cell;
 
     const FIFO: &str = "https://sqs.us-east-1.amazonaws.com/000000000000/klarna-partner-a.fifo";
@@ -648,6 +694,26 @@ mod tests {
         );
     }
 
+    #[test]
+    fn every_failed_record_is_reported_by_its_sequence_number_in_order() {
+        let mut event = DynamoDbEvent::default();
+        for n in 0..4 {
+            let mut r = aws_lambda_events::event::dynamodb::EventRecord::default();
+            r.change.sequence_number = Some(format!("seq-{n}"));
+            event.records.push(r);
+        }
+        let reported = batch_item_failures(&event, BTreeSet::from([3, 1]));
+        let ids: Vec<_> = reported
+            .batch_item_failures
+            .iter()
+            .map(|f| f.item_identifier.clone())
+            .collect();
+        assert_eq!(ids, [Some("seq-1".into()), Some("seq-3".into())]);
+        assert!(batch_item_failures(&event, BTreeSet::new())
+            .batch_item_failures
+            .is_empty());
+    }
+
     /// A store whose client is never called: only its sealer is used.
     fn offline_store(sealer: Sealer) -> Store {
         let conf = aws_sdk_dynamodb::Config::builder()
@@ -754,9 +820,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn unknown_partners_are_cached_and_failures_are_not() {
-        let store =
-            offline_store(Sealer::from_base64(&Sealer::generate_key_base64().unwrap()).unwrap());
+    async fn unknown_partners_are_cached() {
         let (loads, opens) = (Cell::new(0), Cell::new(0));
         let mut cache = PartnerCache::default();
 
@@ -783,7 +847,13 @@ mod tests {
             (1, 0),
             "an unknown partner is read once, nothing opened"
         );
+    }
 
+    #[tokio::test]
+    async fn failed_reads_and_opens_are_not_cached() {
+        let store =
+            offline_store(Sealer::from_base64(&Sealer::generate_key_base64().unwrap()).unwrap());
+        let mut cache = PartnerCache::default();
         // A read that fails is tried again by the next record.
         let id = PartnerId::new("shop-a");
         let record = partner_record(&store, &id, &["whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"]);

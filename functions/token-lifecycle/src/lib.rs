@@ -8,9 +8,10 @@ use serde::Serialize;
 use shared::domain::{Scope, TokenState};
 use shared::http::{self as h, ApiError};
 use shared::ids::*;
-use shared::klarna::{unconfirmed, KlarnaClient, KlarnaError};
+use shared::klarna::{unconfirmed, KlarnaClient, KlarnaError, TokenIntrospection};
 use shared::payments;
-use shared::store::records::*;
+use shared::repo::CommitError;
+use shared::store::records::{PartnerRecord, PartnerStatus, TokenRecord};
 use shared::store::StoreError;
 use tracing::Instrument;
 
@@ -69,12 +70,21 @@ impl From<ApiError> for TokenError {
 }
 
 impl TokenError {
-    fn into_api_error(self) -> ApiError {
-        match self {
+    /// The one mapping of a failure to the partner's answer; a refusal is logged as such, a
+    /// fault as an error (status and code only: never the token).
+    fn into_response(self) -> ApiGatewayV2httpResponse {
+        let refused = matches!(self, TokenError::Refused(_));
+        let api = match self {
             TokenError::Refused(e) => e,
             TokenError::Store(e) => h::store_failure(&e),
             TokenError::Klarna(e) => h::klarna_failure(&e),
+        };
+        if refused {
+            tracing::info!(status = api.status, code = api.code, "request refused");
+        } else {
+            tracing::error!(status = api.status, code = api.code, "request failed");
         }
+        api.into_response()
     }
 }
 
@@ -94,6 +104,8 @@ pub struct TokenStatus {
     pub revoked_reason: Option<String>,
 }
 
+/// The partner's view of a token; what Klarna's introspection said of it (when it was issued,
+/// its reference) takes precedence over what we stored.
 fn status_of(
     t: &TokenRecord,
     issued_at: Option<DateTime<Utc>>,
@@ -113,27 +125,46 @@ fn status_of(
     }
 }
 
+/// `200` with the token as stored.
+fn answer(t: &TokenRecord) -> ApiGatewayV2httpResponse {
+    h::json_response(200, &status_of(t, None, None))
+}
+
 pub async fn handle(deps: &Deps, req: ApiGatewayV2httpRequest) -> ApiGatewayV2httpResponse {
     let span = tracing::info_span!("token_request", correlation_id = %h::correlation_id(&req), partner_id = tracing::field::Empty, token_id = tracing::field::Empty);
     async move {
-        match Box::pin(route(deps, &req)).await {
-            Ok(r) => r,
-            Err(e) => {
-                let refused = matches!(e, TokenError::Refused(_));
-                let api = e.into_api_error();
-                if refused {
-                    tracing::info!(status = api.status, code = api.code, "request refused");
-                } else {
-                    tracing::error!(status = api.status, code = api.code, "request failed");
-                }
-                api.into_response()
-            }
-        }
+        Box::pin(route(deps, &req))
+            .await
+            .unwrap_or_else(TokenError::into_response)
     }
     .instrument(span)
     .await
 }
 
+/// What a request asks of one token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Action {
+    /// `GET /v1/tokens/{token}`
+    Introspect,
+    /// `DELETE /v1/tokens/{token}`
+    Revoke,
+}
+
+/// The action and the token of a request; the token's shape is checked before any lookup.
+fn parse_route(method: &str, path: &str) -> Result<(Action, BackendToken), ApiError> {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (action, token) = match (method, segments.as_slice()) {
+        ("GET", ["v1", "tokens", token]) => (Action::Introspect, *token),
+        ("DELETE", ["v1", "tokens", token]) => (Action::Revoke, *token),
+        _ => return Err(ApiError::new(404, "route_not_found", "no such route")),
+    };
+    if token.len() > MAX_TOKEN_LEN || !payments::is_backend_token_shape(token) {
+        return Err(ApiError::bad_request("malformed token").field("token"));
+    }
+    Ok((action, BackendToken::new(token)))
+}
+
+/// Load (partner first, then the token), then act on it.
 async fn route(
     deps: &Deps,
     req: &ApiGatewayV2httpRequest,
@@ -141,70 +172,64 @@ async fn route(
     let partner_id = h::partner_id(req)
         .ok_or_else(|| ApiError::new(401, "unauthorized", "no partner identity"))?;
     tracing::Span::current().record("partner_id", partner_id.as_str());
-    let path = h::path(req).to_owned();
-    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let (method, token) = match (h::method(req), segments.as_slice()) {
-        (m @ ("GET" | "DELETE"), ["v1", "tokens", token]) => (m, *token),
-        _ => return Err(ApiError::new(404, "route_not_found", "no such route").into()),
-    };
-    if token.len() > MAX_TOKEN_LEN || !payments::is_backend_token_shape(token) {
-        return Err(ApiError::bad_request("malformed token")
-            .field("token")
-            .into());
-    }
-    let record: Option<TokenRecord> = deps
-        .repo
-        .store()
-        .get(
-            &partner_pk(&partner_id),
-            &token_sk(&payments::token_hash(&BackendToken::new(token))),
-        )
-        .await?;
+    // Partner first: a disabled partner learns nothing of routes or tokens.
+    let partner = active_partner(deps, &partner_id).await?;
+    let (action, token) = parse_route(h::method(req), h::path(req))?;
     // Unknown and another partner's token look the same (rule R6); Klarna is not called.
-    let record = record.ok_or_else(|| ApiError::not_found("token").field("token"))?;
-    tracing::Span::current().record("token_id", record.token_id.as_str());
-    let partner: PartnerRecord = deps
+    let record = deps
         .repo
-        .store()
-        .get::<PartnerRecord>(&partner_pk(&partner_id), PROFILE_SK)
+        .token(&partner_id, &token)
         .await?
-        .filter(|p| p.status == PartnerStatus::Active)
-        .ok_or_else(|| ApiError::new(403, "partner_disabled", "partner is not active"))?;
+        .ok_or_else(|| ApiError::not_found("token").field("token"))?;
+    tracing::Span::current().record("token_id", record.token_id.as_str());
     if record.state == TokenState::Revoked {
         // Known revoked: Klarna is not asked again; a second revoke is the same answer and no
         // second notification.
-        return Ok(h::json_response(200, &status_of(&record, None, None)));
+        return Ok(answer(&record));
     }
-    let klarna_token = payments::klarna_token_of(deps.repo.store().sealer(), &record)?;
-    if method == "GET" {
-        introspect(deps, &partner, record, klarna_token).await
-    } else {
-        revoke(deps, &partner, record, klarna_token).await
+    let klarna_token = deps.repo.klarna_token(&record)?;
+    match action {
+        Action::Introspect => introspect(deps, &partner, record, klarna_token).await,
+        Action::Revoke => revoke(deps, &partner, record, klarna_token).await,
     }
 }
 
-async fn introspect(
-    deps: &Deps,
-    partner: &PartnerRecord,
-    record: TokenRecord,
-    klarna_token: CustomerToken,
-) -> Result<ApiGatewayV2httpResponse, TokenError> {
-    match deps
-        .klarna
-        .introspect_token(&partner.klarna_account_id, &klarna_token)
-        .await
-    {
+/// The partner of the request, if it is active (an unknown partner is refused the same way).
+async fn active_partner(deps: &Deps, id: &PartnerId) -> Result<PartnerRecord, TokenError> {
+    Ok(deps
+        .repo
+        .partner(id)
+        .await?
+        .filter(|p| p.status == PartnerStatus::Active)
+        .ok_or_else(|| ApiError::new(403, "partner_disabled", "partner is not active"))?)
+}
+
+/// What Klarna's introspection says of a token.
+#[derive(Debug, PartialEq)]
+enum Introspected {
+    /// Live at Klarna, with what Klarna knows of it.
+    Active {
+        issued_at: Option<DateTime<Utc>>,
+        reference: Option<String>,
+    },
+    /// Gone at Klarna: revoke it here, with this reason.
+    Gone(&'static str),
+}
+
+/// Reads Klarna's introspection answer. Anything that does not say what happened to the token is
+/// an error, and the token stays as it is.
+fn introspected(
+    answer: Result<TokenIntrospection, KlarnaError>,
+) -> Result<Introspected, TokenError> {
+    match answer {
         Ok(i) => match unconfirmed::introspection_status_is_revoked(&i.status) {
-            Some(false) => {
-                let issued = i
+            Some(false) => Ok(Introspected::Active {
+                issued_at: i
                     .issued_at
-                    .and_then(|ms| Utc.timestamp_millis_opt(ms).single());
-                Ok(h::json_response(
-                    200,
-                    &status_of(&record, issued, i.customer_token_reference),
-                ))
-            }
-            Some(true) => mark_revoked(deps, record, "REVOKED_AT_KLARNA").await,
+                    .and_then(|ms| Utc.timestamp_millis_opt(ms).single()),
+                reference: i.customer_token_reference,
+            }),
+            Some(true) => Ok(Introspected::Gone("REVOKED_AT_KLARNA")),
             None => {
                 tracing::error!(
                     metric = "IdentityUnexpectedAnswer",
@@ -214,8 +239,40 @@ async fn introspect(
                 Err(identity_unexpected())
             }
         },
-        Err(e) if e.means_token_revoked() => mark_revoked(deps, record, "REVOKED_AT_KLARNA").await,
-        Err(e) if e.means_token_unknown() => mark_revoked(deps, record, "UNKNOWN_AT_KLARNA").await,
+        Err(e) if e.means_token_revoked() => Ok(Introspected::Gone("REVOKED_AT_KLARNA")),
+        Err(e) if e.means_token_unknown() => Ok(Introspected::Gone("UNKNOWN_AT_KLARNA")),
+        Err(e) => Err(identity_failure(e)),
+    }
+}
+
+async fn introspect(
+    deps: &Deps,
+    partner: &PartnerRecord,
+    record: TokenRecord,
+    klarna_token: CustomerToken,
+) -> Result<ApiGatewayV2httpResponse, TokenError> {
+    let answer = deps
+        .klarna
+        .introspect_token(&partner.klarna_account_id, &klarna_token)
+        .await;
+    match introspected(answer)? {
+        Introspected::Active {
+            issued_at,
+            reference,
+        } => Ok(h::json_response(
+            200,
+            &status_of(&record, issued_at, reference),
+        )),
+        Introspected::Gone(reason) => mark_revoked(deps, record, reason).await,
+    }
+}
+
+/// Reads Klarna's answer to our revoke: done, or the token is gone at Klarna already (revoked or
+/// unknown there), is revoked; anything else leaves the token as it is.
+fn revoked_at_klarna(answer: Result<(), KlarnaError>) -> Result<(), TokenError> {
+    match answer {
+        Ok(()) => Ok(()),
+        Err(e) if e.means_token_revoked() || e.means_token_unknown() => Ok(()),
         Err(e) => Err(identity_failure(e)),
     }
 }
@@ -261,16 +318,13 @@ async fn revoke(
     let Some(leased) = take_revoke_lease(deps, &record).await? else {
         return wait_for_revocation(deps, &record).await;
     };
-    let outcome = match deps
+    let called = deps
         .klarna
         .revoke_token(&partner.klarna_account_id, &klarna_token)
-        .await
-    {
+        .await;
+    let outcome = match revoked_at_klarna(called) {
         Ok(()) => mark_revoked(deps, leased.clone(), "REVOKED_BY_PARTNER").await,
-        Err(e) if e.means_token_revoked() || e.means_token_unknown() => {
-            mark_revoked(deps, leased.clone(), "REVOKED_BY_PARTNER").await
-        }
-        Err(e) => Err(identity_failure(e)),
+        Err(e) => Err(e),
     };
     if outcome.is_err() {
         // The partner's retry must not wait for our lease: Klarna's revoke can be asked again
@@ -280,38 +334,50 @@ async fn revoke(
     outcome
 }
 
-/// Takes the revoke lease (a conditional write on the version read). `None` when another request
+// --- the revoke lease (pure parts first) ---------------------------------------------------
+
+/// Whether a request holds the token's revoke lease at `now_ms`.
+fn lease_held(t: &TokenRecord, now_ms: i64) -> bool {
+    t.revoke_lease_until_ms.is_some_and(|until| until > now_ms)
+}
+
+/// The token with the revoke lease taken by `owner` until `until_ms`, one version on.
+fn with_lease(t: &TokenRecord, owner: String, until_ms: i64) -> TokenRecord {
+    let mut leased = t.clone();
+    leased.version += 1;
+    leased.revoke_lease_until_ms = Some(until_ms);
+    leased.revoke_lease_owner = Some(owner);
+    leased
+}
+
+/// The token with its revoke lease given back, one version on.
+fn without_lease(leased: &TokenRecord) -> TokenRecord {
+    let mut released = leased.clone();
+    released.version += 1;
+    released.revoke_lease_until_ms = None;
+    released.revoke_lease_owner = None;
+    released
+}
+
+/// Takes the revoke lease (a write conditional on the version read). `None` when another request
 /// holds it or moved the token first.
 async fn take_revoke_lease(
     deps: &Deps,
     record: &TokenRecord,
 ) -> Result<Option<TokenRecord>, TokenError> {
     let now = Utc::now();
-    if record
-        .revoke_lease_until_ms
-        .is_some_and(|t| t > now.timestamp_millis())
-    {
+    if lease_held(record, now.timestamp_millis()) {
         return Ok(None);
     }
     let owner =
         shared::crypto::random_token("lease_").map_err(|e| StoreError::Data(e.to_string()))?;
-    let mut leased = record.clone();
-    leased.version += 1;
-    leased.revoke_lease_until_ms = Some((now + REVOKE_LEASE).timestamp_millis());
-    leased.revoke_lease_owner = Some(owner);
-    match deps
-        .repo
-        .store()
-        .put_if_version(&leased, record.version)
-        .await
-    {
+    let leased = with_lease(record, owner, (now + REVOKE_LEASE).timestamp_millis());
+    match deps.repo.put_token(&leased, record.version).await {
         Ok(()) => Ok(Some(leased)),
         Err(e) if e.is_conflict() => Ok(None),
         Err(e) => {
             // The write may have been applied with its answer lost: if the lease is ours, hold it.
-            let current: Option<TokenRecord> =
-                deps.repo.store().get(&record.pk, &record.sk).await?;
-            match current {
+            match deps.repo.reload_token(record).await? {
                 Some(c) if c.revoke_lease_owner == leased.revoke_lease_owner => Ok(Some(c)),
                 _ => Err(e.into()),
             }
@@ -321,14 +387,9 @@ async fn take_revoke_lease(
 
 /// Gives the lease back after a failed request, so the partner's retry need not wait for it.
 async fn release_revoke_lease(deps: &Deps, leased: &TokenRecord) {
-    let mut released = leased.clone();
-    released.version += 1;
-    released.revoke_lease_until_ms = None;
-    released.revoke_lease_owner = None;
     match deps
         .repo
-        .store()
-        .put_if_version(&released, leased.version)
+        .put_token(&without_lease(leased), leased.version)
         .await
     {
         Ok(()) => {}
@@ -347,15 +408,17 @@ async fn wait_for_revocation(
 ) -> Result<ApiGatewayV2httpResponse, TokenError> {
     let deadline = std::time::Instant::now() + REVOKE_WAIT;
     loop {
-        let current: Option<TokenRecord> = deps.repo.store().get(&record.pk, &record.sk).await?;
-        let current = current.ok_or_else(|| ApiError::not_found("token").field("token"))?;
+        let current = deps
+            .repo
+            .reload_token(record)
+            .await?
+            .ok_or_else(|| ApiError::not_found("token").field("token"))?;
         if current.state == TokenState::Revoked {
-            return Ok(h::json_response(200, &status_of(&current, None, None)));
+            return Ok(answer(&current));
         }
-        let held = current
-            .revoke_lease_until_ms
-            .is_some_and(|t| t > Utc::now().timestamp_millis());
-        if !held || std::time::Instant::now() >= deadline {
+        if !lease_held(&current, Utc::now().timestamp_millis())
+            || std::time::Instant::now() >= deadline
+        {
             return Err(ApiError::new(
                 409,
                 "revocation_in_progress",
@@ -368,37 +431,224 @@ async fn wait_for_revocation(
     }
 }
 
-/// Active -> revoked with its notification in one transaction; a concurrent revoke wins quietly.
+/// Active -> revoked with its one notification, through the repository; a concurrent revoke
+/// wins quietly and its outcome is the answer.
 async fn mark_revoked(
     deps: &Deps,
     record: TokenRecord,
     reason: &str,
 ) -> Result<ApiGatewayV2httpResponse, TokenError> {
-    let now = Utc::now();
-    let mut next = record.clone();
-    next.state = TokenState::Revoked;
-    next.version += 1;
-    next.revoked_at = Some(now);
-    next.revoked_reason = Some(reason.to_owned());
-    next.revoke_lease_until_ms = None;
-    next.revoke_lease_owner = None;
-    let mut tx = deps.repo.store().tx();
-    tx.put_if_version(&next, record.version)?;
-    tx.notify(&payments::token_revoked_notification(&next, reason, now))?;
-    match tx.commit().await {
-        Ok(()) => {
+    match deps
+        .repo
+        .revoke_token(&record, reason, None, Utc::now())
+        .await
+    {
+        Ok(Some(revoked)) => {
             tracing::info!(reason, "token revoked");
-            Ok(h::json_response(200, &status_of(&next, None, None)))
+            Ok(answer(&revoked))
         }
-        Err(e) if e.is_conflict() => {
-            let current: TokenRecord = deps
+        // Revoked already: it notified then.
+        Ok(None) => Ok(answer(&record)),
+        Err(CommitError::Raced | CommitError::Duplicate) => {
+            // The token moved since it was read (a concurrent revoke): answer it as it is now.
+            let current = deps
                 .repo
-                .store()
-                .get(&record.pk, &record.sk)
+                .reload_token(&record)
                 .await?
-                .ok_or(e)?;
-            Ok(h::json_response(200, &status_of(&current, None, None)))
+                .ok_or(StoreError::Conflict { failed: vec![0] })?;
+            Ok(answer(&current))
         }
-        Err(e) => Err(e.into()),
+        Err(CommitError::Store(e)) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shared::klarna::KlarnaErrorBody;
+
+    const TOKEN: &str = "apt_BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB";
+
+    fn record(state: TokenState) -> TokenRecord {
+        TokenRecord {
+            pk: "pk".into(),
+            sk: "sk".into(),
+            partner_id: PartnerId::new("shop"),
+            token_id: TokenId::new("tok_1"),
+            klarna_token_sealed: "v1:unused".into(),
+            scopes: vec![Scope::CustomerNotPresent],
+            state,
+            version: 3,
+            customer_token_reference: Some("stored-ref".into()),
+            created_by_payment: PaymentId::new("pay_1"),
+            created_at: Utc.timestamp_millis_opt(1_600_000_000_000).unwrap(),
+            revoked_at: None,
+            revoked_reason: None,
+            revoke_lease_until_ms: None,
+            revoke_lease_owner: None,
+        }
+    }
+
+    fn klarna(status: u16, code: Option<&str>, message: Option<&str>) -> KlarnaError {
+        KlarnaError::Api {
+            status,
+            body: Box::new(KlarnaErrorBody {
+                error_code: code.map(str::to_owned),
+                error_message: message.map(str::to_owned),
+                ..Default::default()
+            }),
+        }
+    }
+
+    fn refused_with(e: TokenError) -> (u16, &'static str) {
+        match e {
+            TokenError::Refused(api) => (api.status, api.code),
+            other => panic!("not a refusal: {other}"),
+        }
+    }
+
+    #[test]
+    fn routes_name_an_action_and_a_well_formed_token() {
+        let path = format!("/v1/tokens/{TOKEN}");
+        let (action, token) = parse_route("GET", &path).unwrap();
+        assert_eq!(
+            (action, token),
+            (Action::Introspect, BackendToken::new(TOKEN))
+        );
+        let (action, _) = parse_route("DELETE", &format!("{path}/")).unwrap();
+        assert_eq!(action, Action::Revoke);
+        for (method, path) in [
+            ("POST", path.as_str()),
+            ("GET", "/v1/tokens"),
+            ("GET", "/v1/tokens/"),
+            ("GET", "/v2/tokens/apt_x"),
+            ("DELETE", "/v1/tokens/a/b"),
+        ] {
+            let e = parse_route(method, path).unwrap_err();
+            assert_eq!(
+                (e.status, e.code),
+                (404, "route_not_found"),
+                "{method} {path}"
+            );
+        }
+        let long = format!("apt_{}", "x".repeat(MAX_TOKEN_LEN));
+        for bad in [
+            "nope",
+            "apt_short",
+            long.as_str(),
+            "krn:partner:customer-token:1",
+        ] {
+            let e = parse_route("GET", &format!("/v1/tokens/{bad}")).unwrap_err();
+            assert_eq!(
+                (e.status, e.field.as_deref()),
+                (400, Some("token")),
+                "{bad}"
+            );
+        }
+    }
+
+    fn introspection(status: &str) -> TokenIntrospection {
+        TokenIntrospection {
+            status: status.into(),
+            scopes: Vec::new(),
+            issued_at: Some(1_700_000_000_000),
+            customer_token_reference: Some("klarna-ref".into()),
+        }
+    }
+
+    #[test]
+    fn introspection_answers_map_to_active_gone_or_unchanged() {
+        assert_eq!(
+            introspected(Ok(introspection("ACTIVE"))).unwrap(),
+            Introspected::Active {
+                issued_at: Utc.timestamp_millis_opt(1_700_000_000_000).single(),
+                reference: Some("klarna-ref".into()),
+            }
+        );
+        for status in ["REVOKED", "cancelled", "INACTIVE"] {
+            assert_eq!(
+                introspected(Ok(introspection(status))).unwrap(),
+                Introspected::Gone("REVOKED_AT_KLARNA"),
+                "{status}"
+            );
+        }
+        let revoked = klarna(400, Some("CUSTOMER_TOKEN_REVOKED"), None);
+        assert_eq!(
+            introspected(Err(revoked)).unwrap(),
+            Introspected::Gone("REVOKED_AT_KLARNA")
+        );
+        let unknown = klarna(404, Some("CUSTOMER_TOKEN_NOT_FOUND"), None);
+        assert_eq!(
+            introspected(Err(unknown)).unwrap(),
+            Introspected::Gone("UNKNOWN_AT_KLARNA")
+        );
+        // Answers that do not name the token leave it unchanged.
+        let unexpected = (502, "klarna_identity_unexpected_answer");
+        let status = introspected(Ok(introspection("SUSPENDED_MAYBE"))).unwrap_err();
+        assert_eq!(refused_with(status), unexpected);
+        let route = klarna(404, Some("NOT_FOUND"), Some("Resource not found"));
+        assert_eq!(
+            refused_with(introspected(Err(route)).unwrap_err()),
+            unexpected
+        );
+        // A retryable fault stays one (503 to the partner).
+        let fault = introspected(Err(KlarnaError::Transport("reset".into()))).unwrap_err();
+        assert!(matches!(fault, TokenError::Klarna(_)));
+    }
+
+    #[test]
+    fn a_revoke_is_done_when_klarna_says_the_token_is_gone() {
+        assert!(revoked_at_klarna(Ok(())).is_ok());
+        assert!(revoked_at_klarna(Err(klarna(400, Some("CUSTOMER_TOKEN_REVOKED"), None))).is_ok());
+        assert!(revoked_at_klarna(Err(klarna(404, Some("TOKEN_NOT_FOUND"), None))).is_ok());
+        let route = klarna(404, Some("NOT_FOUND"), None);
+        assert_eq!(
+            refused_with(revoked_at_klarna(Err(route)).unwrap_err()),
+            (502, "klarna_identity_unexpected_answer")
+        );
+        assert!(matches!(
+            revoked_at_klarna(Err(klarna(503, None, None))),
+            Err(TokenError::Klarna(_))
+        ));
+    }
+
+    #[test]
+    fn the_revoke_lease_moves_the_version_and_is_given_back_whole() {
+        let t = record(TokenState::Active);
+        assert!(!lease_held(&t, 0));
+        let leased = with_lease(&t, "lease_a".into(), 1_000);
+        assert_eq!(leased.version, t.version + 1);
+        assert_eq!(leased.revoke_lease_owner.as_deref(), Some("lease_a"));
+        assert!(lease_held(&leased, 999));
+        assert!(!lease_held(&leased, 1_000), "a lapsed lease is nobody's");
+        let released = without_lease(&leased);
+        assert_eq!(released.version, t.version + 2);
+        assert_eq!(
+            (released.revoke_lease_until_ms, released.revoke_lease_owner),
+            (None, None)
+        );
+        assert_eq!(released.state, TokenState::Active);
+    }
+
+    #[test]
+    fn the_status_prefers_what_klarna_said_and_names_the_state() {
+        let t = record(TokenState::Active);
+        let stored = status_of(&t, None, None);
+        assert_eq!(stored.status, "active");
+        assert_eq!(stored.issued_at, t.created_at);
+        assert_eq!(stored.reference.as_deref(), Some("stored-ref"));
+        let issued = Utc.timestamp_millis_opt(1_700_000_000_000).unwrap();
+        let fresh = status_of(&t, Some(issued), Some("klarna-ref".into()));
+        assert_eq!(fresh.issued_at, issued);
+        assert_eq!(fresh.reference.as_deref(), Some("klarna-ref"));
+        let mut r = record(TokenState::Revoked);
+        r.revoked_reason = Some("REVOKED_BY_PARTNER".into());
+        let revoked = serde_json::to_value(status_of(&r, None, None)).unwrap();
+        assert_eq!(revoked["status"], "revoked");
+        assert_eq!(revoked["revoked_reason"], "REVOKED_BY_PARTNER");
+        assert!(
+            revoked.get("revoked_at").is_none(),
+            "absent fields are left out"
+        );
     }
 }
