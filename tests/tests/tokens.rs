@@ -475,3 +475,40 @@ async fn concurrent_revokes_of_one_token_make_one_klarna_call() {
         .count();
     assert_eq!(revoked, 1);
 }
+
+/// A disabled partner gets nothing on the token routes: the partner is checked first, before
+/// the token is looked up or Klarna is asked.
+#[tokio::test]
+async fn a_disabled_partner_cannot_introspect_or_revoke() {
+    use shared::store::records::{partner_pk, PartnerRecord, PartnerStatus, PROFILE_SK};
+    let w = World::new("tokens-disabled").await;
+    let p = w.partner("shop", &["*"]).await;
+    let (token, _) = w.issue_token(&p).await;
+    let mut rec: PartnerRecord = w
+        .stack
+        .store
+        .get(&partner_pk(&p.id), PROFILE_SK)
+        .await
+        .unwrap()
+        .unwrap();
+    rec.status = PartnerStatus::Disabled;
+    w.stack.store.put(&rec).await.unwrap();
+    let before = w.sim.requests().len();
+    for method in ["GET", "DELETE"] {
+        let r = w
+            .call(
+                method,
+                &format!("/v1/tokens/{token}"),
+                Some(&p.api_key),
+                None,
+                None,
+            )
+            .await;
+        assert_eq!(
+            (r.status, r.json()["error"]["code"].clone()),
+            (403, json!("partner_disabled")),
+            "{method}"
+        );
+    }
+    assert_eq!(w.sim.requests().len(), before, "Klarna is not asked");
+}
