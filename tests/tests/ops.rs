@@ -1,11 +1,12 @@
 //! The operator CLI (`klarna-ops`, driven through its library with an injected SDK configuration
 //! and Klarna URL) against the local stack and the simulator: onboarding a partner whose queue
-//! then receives verified notifications, a signing-key rotation while webhooks flow, and a
-//! poisoned finalize job recovered from its dead-letter queue.
+//! then receives verified notifications, a signing-key rotation while webhooks flow, a rotation
+//! honoured by the webhook function reading its Secrets Manager secret, and a poisoned finalize
+//! job recovered from its dead-letter queue.
 
 use aws_sdk_sqs::types::{MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName};
 use integration_tests::*;
-use klarna_ops::keystore::{FileKeyStore, KeyStore, TableKeyStore, TABLE_KEYS_PK, TABLE_KEYS_SK};
+use klarna_ops::keystore::{FileKeyStore, KeyStore};
 use klarna_ops::{Ctx, OpsError};
 use klarna_sim::{Fault, FaultKind, Route, SimConfig};
 use serde_json::Value;
@@ -13,7 +14,6 @@ use shared::crypto::Sealer;
 use shared::ids::{PartnerId, SecretString};
 use shared::klarna::SigningKeys;
 use shared::notify::WebhookSecret;
-use shared::store::Store;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -720,55 +720,36 @@ async fn partner_dlq_listing_shows_only_ids_and_redrive_keeps_group_and_attribut
 }
 
 #[tokio::test]
-async fn the_table_key_store_keeps_keys_sealed_and_works_through_the_cli() {
+async fn signing_key_commands_keep_the_file_store_and_a_table_store_is_refused() {
     let (w, data_key) = world("ops-keys").await;
+    let key_file = std::env::temp_dir().join(format!("{}-keys.json", w.prefix));
     let mut c = ops_ctx(&w, &data_key);
-    c.key_store = Some("table".into());
-    let store = Store::new(
-        aws_sdk_dynamodb::Client::new(&w.stack.sdk),
-        w.stack.resources.table.clone(),
-        Sealer::from_base64(&data_key).unwrap(),
-    );
-    let table = TableKeyStore::new(store.clone());
-    let before = table.load().await.unwrap();
-    assert!(before.is_empty());
+    c.key_store = Some(format!("file:{}", key_file.display()));
+    let file = FileKeyStore::new(&key_file);
+    assert!(file.load().await.unwrap().is_empty());
 
     let (created, text) = ops(&c, &["klarna", "signing-key", "create"]).await;
     let id = created["signing_key_id"].as_str().unwrap().to_owned();
-    let keys = table.load().await.unwrap();
+    let keys = file.load().await.unwrap();
     assert_eq!(keys.ids(), std::slice::from_ref(&id));
     let secret = keys.get(&id).unwrap().expose().to_owned();
     assert!(!format!("{created}{text}").contains(&secret));
-    // The item holds the JSON sealed; the function's parser reads what the store hands out.
-    let raw = store
-        .client()
-        .get_item()
-        .table_name(store.table())
-        .key(
-            "pk",
-            aws_sdk_dynamodb::types::AttributeValue::S(TABLE_KEYS_PK.into()),
-        )
-        .key(
-            "sk",
-            aws_sdk_dynamodb::types::AttributeValue::S(TABLE_KEYS_SK.into()),
-        )
-        .send()
-        .await
-        .unwrap()
-        .item
-        .unwrap();
-    assert!(!format!("{raw:?}").contains(&secret));
-    assert_eq!(
-        SigningKeys::from_json(keys.to_secret_json().expose())
-            .unwrap()
-            .len(),
-        1
-    );
-    // Another data key cannot open it.
-    let mut wrong = ops_ctx(&w, &Sealer::generate_key_base64().unwrap());
-    wrong.key_store = Some("table".into());
-    let e = ops_err(&wrong, &["klarna", "signing-key", "list"]).await;
-    assert!(matches!(e, OpsError::Config(_)), "{e}");
+    // The file is what the function's parser reads.
+    let json = std::fs::read_to_string(&key_file).unwrap();
+    assert_eq!(SigningKeys::from_json(&json).unwrap().len(), 1);
+
+    // The table copy the function never read is gone: naming it is refused and says why.
+    let mut table = ops_ctx(&w, &data_key);
+    table.key_store = Some("table".into());
+    for argv in [
+        &["klarna", "signing-key", "create"][..],
+        &["klarna", "signing-key", "list"],
+        &["klarna", "rotate", "--grace-seconds", "0"],
+    ] {
+        let e = ops_err(&table, argv).await;
+        assert!(matches!(e, OpsError::Usage(_)), "{e}");
+        assert!(e.to_string().contains("Secrets Manager"), "{e}");
+    }
 
     // Listed with its store status, then deleted at Klarna and from the store.
     let (listed, _) = ops(&c, &["klarna", "signing-key", "list"]).await;
@@ -796,7 +777,7 @@ async fn the_table_key_store_keeps_keys_sealed_and_works_through_the_cli() {
     let (deleted, _) = ops(&c, &["klarna", "signing-key", "delete", "--key-id", &id]).await;
     assert_eq!(deleted["klarna"], "deleted");
     assert_eq!(deleted["removed_from_key_store"], true);
-    assert!(table.load().await.unwrap().is_empty());
+    assert!(file.load().await.unwrap().is_empty());
 
     // Registering a webhook with an empty store creates and stores a key first.
     let (hook, _) = ops(
@@ -811,12 +792,171 @@ async fn the_table_key_store_keeps_keys_sealed_and_works_through_the_cli() {
     )
     .await;
     let key = hook["webhook"]["signing_key_id"].as_str().unwrap();
-    assert!(table.load().await.unwrap().contains(key));
+    assert!(file.load().await.unwrap().contains(key));
     assert_eq!(hook["webhook"]["status"], "ENABLED");
     assert_eq!(
         hook["webhook"]["event_types"],
-        serde_json::json!(["payment.request.state-change.*"])
+        serde_json::json!([
+            "payment.request.state-change.*",
+            "identity.customer-token.state-change.*"
+        ])
     );
+    let _ = std::fs::remove_file(&key_file);
+}
+
+/// The secret id the deployed webhook function is configured with in this test.
+const SIGNING_KEYS_SECRET_ID: &str = "klarna-backend-webhook-signing-keys-ops-test";
+
+/// Stands in for the AWS Parameters and Secrets Lambda extension on its default port
+/// (localhost:2773): serves [`SIGNING_KEYS_SECRET_ID`] from `file`, the way the deployed webhook
+/// function reads its keys (`KeySource::Secret`). Lives as long as the test process.
+fn fake_secrets_extension(file: std::path::PathBuf) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:2773")
+        .expect("port 2773 (the secrets extension's) must be free for this test");
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            let mut buf = vec![0u8; 8192];
+            let mut n = 0;
+            while n < buf.len() && !buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                match conn.read(&mut buf[n..]) {
+                    Ok(0) | Err(_) => break,
+                    Ok(m) => n += m,
+                }
+            }
+            let head = String::from_utf8_lossy(&buf[..n]);
+            let asked = head.lines().next().unwrap_or("").to_owned();
+            let (status, body) = match std::fs::read_to_string(&file) {
+                Ok(v) if asked.contains(&format!("secretId={SIGNING_KEYS_SECRET_ID}")) => (
+                    "200 OK",
+                    serde_json::json!({ "SecretString": v }).to_string(),
+                ),
+                _ => ("404 Not Found", "{}".to_owned()),
+            };
+            let _ = write!(
+                conn,
+                "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+}
+
+/// A webhook function as deployed: its keys from the Secrets Manager secret. Each call is a
+/// new container (in AWS the 60 s cache ends the same way).
+async fn deployed_webhook_function(w: &World) -> klarna_webhook::Deps {
+    klarna_webhook::Deps::new(
+        klarna_webhook::Config {
+            store: w.stack.store_config.clone(),
+            keys: klarna_webhook::KeySource::Secret(shared::config::SecretSource::SecretsManager(
+                SIGNING_KEYS_SECRET_ID.into(),
+            )),
+            replay_window: chrono::Duration::hours(72),
+        },
+        &w.stack.sdk,
+    )
+    .await
+    .unwrap()
+}
+
+/// The status the function answers to `body` signed with `secret` under `key_id`.
+async fn delivered(deps: &klarna_webhook::Deps, body: &str, key_id: &str, secret: &str) -> i64 {
+    let mut req = aws_lambda_events::apigw::ApiGatewayV2httpRequest::default();
+    let sig = shared::crypto::hmac_sha256_hex(secret.as_bytes(), body.as_bytes());
+    req.headers
+        .insert("klarna-signing-key-id", key_id.parse().unwrap());
+    req.headers.insert("klarna-signature", sig.parse().unwrap());
+    req.body = Some(body.to_owned());
+    klarna_webhook::handle(deps, req).await.status_code
+}
+
+#[tokio::test]
+async fn a_rotation_through_the_cli_is_honoured_by_the_deployed_webhook_function() {
+    let (w, data_key) = world("ops-rotate-secret").await;
+    let dir = std::env::temp_dir();
+    let key_file = dir.join(format!("{}-ops-keys.json", w.prefix));
+    let secret_file = dir.join(format!("{}-secret.json", w.prefix));
+    // Today the secret and the operator's copy hold the world's key.
+    let file = FileKeyStore::new(&key_file);
+    file.add(&w.signing_key_id, SecretString::new(&w.signing_secret))
+        .await
+        .unwrap();
+    std::fs::copy(&key_file, &secret_file).unwrap();
+    fake_secrets_extension(secret_file.clone());
+    let event = |id: &str| {
+        klarna_event(
+            id,
+            "IN_PROGRESS",
+            "SUBMITTED",
+            "krn:payment:eu1:request:none",
+            chrono::Utc::now(),
+            serde_json::json!({}),
+        )
+    };
+    let before = deployed_webhook_function(&w).await;
+    assert_eq!(
+        delivered(
+            &before,
+            &event("evt-s-1"),
+            &w.signing_key_id,
+            &w.signing_secret
+        )
+        .await,
+        200
+    );
+
+    // The sync command writes the secret, as `aws secretsmanager put-secret-value` does.
+    let mut c = ops_ctx(&w, &data_key);
+    c.key_store = Some(format!("file:{}", key_file.display()));
+    let sync = format!(
+        "cp \"$KLARNA_OPS_KEY_FILE\" '{0}.tmp' && mv '{0}.tmp' '{0}'",
+        secret_file.display()
+    );
+    let (out, _) = ops(
+        &c,
+        &[
+            "klarna",
+            "rotate",
+            "--grace-seconds",
+            "0",
+            "--propagation-seconds",
+            "0",
+            "--sync-command",
+            &sync,
+        ],
+    )
+    .await;
+    let new_key = out["new_signing_key_id"].as_str().unwrap().to_owned();
+    let new_secret = file
+        .load()
+        .await
+        .unwrap()
+        .get(&new_key)
+        .unwrap()
+        .expose()
+        .to_owned();
+
+    // The function (a new container) verifies with the new key only.
+    let after = deployed_webhook_function(&w).await;
+    assert_eq!(
+        delivered(&after, &event("evt-s-2"), &new_key, &new_secret).await,
+        200
+    );
+    assert_eq!(
+        delivered(
+            &after,
+            &event("evt-s-3"),
+            &w.signing_key_id,
+            &w.signing_secret
+        )
+        .await,
+        400
+    );
+    // And what Klarna signs with now is the key the function has.
+    let (hooks, _) = ops(&c, &["klarna", "webhook", "show"]).await;
+    assert_eq!(hooks["webhooks"][0]["signing_key_id"], new_key.as_str());
+    let _ = std::fs::remove_file(&key_file);
+    let _ = std::fs::remove_file(&secret_file);
 }
 
 #[tokio::test]

@@ -1,82 +1,38 @@
 //! Klarna webhook: verify the signature on the raw bytes, refuse stale events, deduplicate on
 //! `metadata.event_id`, and commit the event record with its consequences in one transaction
 //! (rules R1, R2, R5). No Klarna call happens here, so the answer is fast.
+//!
+//! Every delivery reads verify → route → load → decide → commit: [`route`] is pure, the payment
+//! aggregate decides ([`payment_event`]), the repository commits; nothing here knows a key.
 #![forbid(unsafe_code)]
+
+mod keys;
+mod payment_event;
+mod route;
+mod token_event;
+
+pub use keys::{KeyProvider, KeySource, SIGNING_KEYS_TTL};
+pub use route::{verify_and_route, Routed, FUTURE_SKEW};
 
 use aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse};
 use chrono::{DateTime, Duration, Utc};
-use serde::Deserialize;
-use shared::config::CachedSecret;
-use shared::domain::TokenState;
-use shared::domain::{PaymentState, StepUpEvent, Transition};
+use route::refuse;
+use shared::domain::aggregate::IllegalTransition;
 use shared::http::{self as h, ApiError};
-use shared::ids::*;
-use shared::klarna::types::{customer_token_of, session_token_of};
-use shared::klarna::unconfirmed::TOKEN_REVOKED_EVENT;
-use shared::klarna::webhook::{
-    is_keyable_id, peek_event_id, CustomerTokenChange, PaymentRequestChange,
-};
-use shared::klarna::{SigningKeys, WebhookEnvelope};
-use shared::payments;
-use shared::store::records::*;
+use shared::klarna::webhook::WebhookMetadata;
+use shared::repo::{CommitError, Repository};
+use shared::store::records::KlarnaEventOutcome;
 use shared::store::StoreError;
-use std::sync::Arc;
-use tokio::sync::RwLock;
 use tracing::Instrument;
 
 /// Klarna's webhook bodies are small; refuse anything larger before reading it.
 pub const BODY_LIMIT: usize = 256 * 1024;
-/// Events dated further in the future than this are refused (clock skew allowance).
-pub const FUTURE_SKEW: Duration = Duration::minutes(5);
 /// Event records outlive the replay window by this much, so a replay inside the window is
-/// always recognised.
-pub const DEDUPE_MARGIN: Duration = Duration::days(4);
-/// Attempts when a concurrent writer moves the payment between our read and our write; beyond
-/// them the answer is 503 and Klarna's retry finishes the work.
+/// always recognised (the repository keeps them so).
+pub const DEDUPE_MARGIN: Duration = shared::repo::EVENT_MARGIN;
+/// Attempts when a concurrent writer moves the payment or token between our read and our write;
+/// beyond them the answer is 503 and Klarna's retry finishes the work.
 const MAX_RACE_RETRIES: u32 = 8;
-
-/// Where the live signing keys come from.
-#[derive(Clone)]
-pub enum KeyProvider {
-    /// Fixed in process (tests, local runs); rotatable through the lock.
-    Static(Arc<RwLock<SigningKeys>>),
-    /// Secrets Manager JSON `{"<key id>": "<secret>"}`, re-read after its TTL, so a rotation
-    /// needs no redeploy.
-    Secret(CachedSecret),
-}
-
-impl KeyProvider {
-    pub fn fixed(keys: SigningKeys) -> Self {
-        KeyProvider::Static(Arc::new(RwLock::new(keys)))
-    }
-
-    async fn current(&self) -> Result<SigningKeys, WebhookError> {
-        match self {
-            KeyProvider::Static(k) => Ok(k.read().await.clone()),
-            KeyProvider::Secret(s) => {
-                let json = s
-                    .get()
-                    .await
-                    .map_err(|e| WebhookError::Keys(e.to_string()))?;
-                SigningKeys::from_json(json.expose()).map_err(|e| WebhookError::Keys(e.to_string()))
-            }
-        }
-    }
-}
-
-/// How long signing keys read from Secrets Manager are trusted before they are read again: a
-/// rotation takes effect within this without a redeploy.
-pub const SIGNING_KEYS_TTL: std::time::Duration = std::time::Duration::from_secs(60);
-
-/// Where the signing keys come from.
-#[derive(Clone, Debug)]
-pub enum KeySource {
-    /// Secrets Manager (or the environment): JSON `{"<key id>": "<secret>"}`, cached for
-    /// [`SIGNING_KEYS_TTL`].
-    Secret(shared::config::SecretSource),
-    /// Keys held in process and replaced in place (the local stack's operator and tests).
-    Live(Arc<RwLock<SigningKeys>>),
-}
 
 /// What the function is configured with (from the environment in `main.rs`, from options in
 /// the local stack).
@@ -105,7 +61,7 @@ impl Config {
 }
 
 pub struct Deps {
-    pub repo: shared::repo::Repository,
+    pub repo: Repository,
     pub keys: KeyProvider,
     pub replay_window: Duration,
 }
@@ -118,12 +74,7 @@ impl Deps {
     ) -> Result<Self, shared::bootstrap::BootstrapError> {
         Ok(Self {
             repo: config.store.repository(sdk).await?,
-            keys: match config.keys {
-                KeySource::Secret(source) => {
-                    KeyProvider::Secret(CachedSecret::new(source, SIGNING_KEYS_TTL))
-                }
-                KeySource::Live(keys) => KeyProvider::Static(keys),
-            },
+            keys: KeyProvider::from_source(config.keys),
             replay_window: config.replay_window,
         })
     }
@@ -139,6 +90,9 @@ pub enum WebhookError {
     Keys(String),
     #[error("the payment kept changing under us")]
     Contention,
+    /// The aggregate refused the input: a defect, never what Klarna sent.
+    #[error("aggregate: {0}")]
+    Illegal(#[from] IllegalTransition),
 }
 
 impl WebhookError {
@@ -146,14 +100,17 @@ impl WebhookError {
     fn into_api_error(self) -> ApiError {
         match self {
             WebhookError::Refused(e) => e,
-            WebhookError::Store(e) if !e.is_retryable() => {
-                ApiError::new(500, "internal_error", "internal error")
-            }
+            WebhookError::Store(e) if !e.is_retryable() => internal(),
+            WebhookError::Illegal(_) => internal(),
             WebhookError::Store(_) | WebhookError::Keys(_) | WebhookError::Contention => {
                 ApiError::new(503, "temporarily_unavailable", "retry later")
             }
         }
     }
+}
+
+fn internal() -> ApiError {
+    ApiError::new(500, "internal_error", "internal error")
 }
 
 pub async fn handle(deps: &Deps, req: ApiGatewayV2httpRequest) -> ApiGatewayV2httpResponse {
@@ -181,91 +138,7 @@ pub async fn handle(deps: &Deps, req: ApiGatewayV2httpRequest) -> ApiGatewayV2ht
     .await
 }
 
-fn refuse(code: &'static str, message: impl Into<String>) -> WebhookError {
-    WebhookError::Refused(ApiError::new(400, code, message))
-}
-
-/// What a verified, fresh webhook asks for: the result of verify + parse + route, without I/O.
-pub enum Routed {
-    /// Signed by Klarna, but not a Klarna event (kept for an operator, refused).
-    Malformed(String),
-    /// A payment-request state change this backend acts on.
-    StateChange {
-        envelope: WebhookEnvelope,
-        event: StepUpEvent,
-        change: PaymentRequestChange,
-    },
-    /// Klarna revoked a customer token on its side.
-    TokenRevoked {
-        envelope: WebhookEnvelope,
-        change: CustomerTokenChange,
-    },
-    /// Valid, but of a type, version or payload this backend does not act on: acknowledged and
-    /// kept, so Klarna does not retry it forever.
-    Unrouted(WebhookEnvelope),
-}
-
-/// Verifies the signature over the raw body, parses the envelope, refuses stale or future events,
-/// and routes by event type. Pure: the per-event CPU of the webhook lives here.
-pub fn verify_and_route(
-    keys: &SigningKeys,
-    key_id: Option<&str>,
-    signature: Option<&str>,
-    body: &[u8],
-    now: DateTime<Utc>,
-    replay_window: Duration,
-) -> Result<Routed, WebhookError> {
-    if let Err(e) = keys.verify(key_id, signature, body) {
-        tracing::warn!(signing_key_id = key_id, event_id = peek_event_id(body).as_deref(), reason = %e, "signature refused");
-        return Err(refuse("invalid_signature", e.to_string()));
-    }
-    let envelope: WebhookEnvelope = match serde_json::from_slice(body) {
-        Ok(e) => e,
-        Err(e) => return Ok(Routed::Malformed(e.to_string())),
-    };
-    let m = &envelope.metadata;
-    // Ids become keys: one the store would refuse is refused here, before any write (R8).
-    if !is_keyable_id(m.event_id.as_str()) {
-        return Ok(Routed::Malformed(
-            "metadata.event_id is empty, too long or not visible ASCII".into(),
-        ));
-    }
-    if m.occurred_at < now - replay_window {
-        return Err(refuse(
-            "stale_event",
-            "occurred_at is outside the replay window",
-        ));
-    }
-    if m.occurred_at > now + FUTURE_SKEW {
-        return Err(refuse("future_event", "occurred_at is in the future"));
-    }
-    let event = StepUpEvent::from_event_type(&m.event_type).filter(|_| {
-        m.event_version
-            .as_deref()
-            .is_none_or(|v| v == "v2" || v == "v1")
-    });
-    let version_ok = m
-        .event_version
-        .as_deref()
-        .is_none_or(|v| v == "v2" || v == "v1");
-    if m.event_type == TOKEN_REVOKED_EVENT && version_ok {
-        if let Ok(change) = CustomerTokenChange::deserialize(&envelope.payload) {
-            return Ok(Routed::TokenRevoked { envelope, change });
-        }
-    }
-    let change = PaymentRequestChange::deserialize(&envelope.payload)
-        .ok()
-        .filter(|c| is_keyable_id(c.payment_request_id.as_str()));
-    Ok(match (event, change) {
-        (Some(event), Some(change)) => Routed::StateChange {
-            envelope,
-            event,
-            change,
-        },
-        _ => Routed::Unrouted(envelope),
-    })
-}
-
+/// One delivery: read and verify, then act on what it routes to.
 async fn process(
     deps: &Deps,
     req: &ApiGatewayV2httpRequest,
@@ -281,343 +154,155 @@ async fn process(
         now,
         deps.replay_window,
     )?;
-    let (envelope, routed) = match routed {
+    let delivery = |m| Delivery {
+        deps,
+        metadata: m,
+        body: &body,
+        now,
+    };
+    match routed {
         Routed::Malformed(e) => {
             // Signed by Klarna but unreadable: keep it for an operator, answer 400.
-            keep_rejected(deps, &body, "malformed", now).await?;
-            return Err(refuse(
+            let kept = deps
+                .repo
+                .keep_rejected(&body, "malformed", deps.replay_window, now);
+            kept.await?;
+            Err(refuse(
                 "malformed_event",
                 format!("signed body is not a Klarna event: {e}"),
-            ));
+            ))
         }
         Routed::StateChange {
             envelope,
             event,
             change,
-        } => (envelope, Some((event, change))),
+        } => {
+            let d = delivery(&envelope.metadata);
+            payment_event::apply(&d, event, &change, &envelope.payload).await
+        }
         Routed::TokenRevoked { envelope, change } => {
-            return token_revoked(deps, &body, envelope, change, now).await;
+            token_event::apply(&delivery(&envelope.metadata), &change).await
         }
-        Routed::Unrouted(envelope) => (envelope, None),
-    };
-    let m = &envelope.metadata;
-    let span = tracing::Span::current();
-    span.record("event_id", m.event_id.as_str());
-    span.record("event_type", m.event_type.as_str());
-    let event_pk = klarna_event_pk(&m.event_id);
-    if deps
-        .repo
-        .store()
-        .get::<KlarnaEventRecord>(&event_pk, "EVENT")
-        .await?
-        .is_some()
-    {
-        tracing::info!("duplicate delivery");
-        return Ok(KlarnaEventOutcome::NoOp);
-    }
-    let record = |outcome, payment_id: Option<PaymentId>, note: Option<&str>| KlarnaEventRecord {
-        pk: event_pk.clone(),
-        sk: "EVENT".into(),
-        event_type: m.event_type.clone(),
-        outcome,
-        payment_id,
-        received_at: now,
-        note: note.map(str::to_owned),
-        body_sealed: None,
-        ttl: (now + deps.replay_window + DEDUPE_MARGIN).timestamp(),
-    };
-    let Some((event, change)) = routed else {
-        // Acknowledged so Klarna does not retry forever; kept for inspection.
-        let mut r = record(
-            KlarnaEventOutcome::Unmatched,
-            None,
-            Some("unknown event type, version or payload"),
-        );
-        r.body_sealed = Some(seal(deps, &body, &event_pk)?);
-        return put_event(deps, &r).await;
-    };
-    let link: Option<PaymentRequestLink> = deps
-        .repo
-        .store()
-        .get(&payment_request_pk(&change.payment_request_id), "LINK")
-        .await?;
-    let Some(link) = link else {
-        let mut r = record(
-            KlarnaEventOutcome::Unmatched,
-            None,
-            Some("no payment for this payment request"),
-        );
-        r.body_sealed = Some(seal(deps, &body, &event_pk)?);
-        tracing::warn!("event for an unknown payment request kept for inspection");
-        return put_event(deps, &r).await;
-    };
-    span.record("payment_id", link.payment_id.as_str());
-    let pk = partner_pk(&link.partner_id);
-    let sk = payment_sk(&link.payment_id);
-    for attempt in 0..MAX_RACE_RETRIES {
-        if attempt > 0 {
-            // Jittered backoff, so racing deliveries of one payment spread out.
-            let jitter = shared::crypto::random_bytes(1)
-                .map(|b| u64::from(b[0]))
-                .unwrap_or(128);
-            tokio::time::sleep(std::time::Duration::from_millis(
-                2 + jitter % (5 << attempt.min(4)),
-            ))
-            .await;
-        }
-        let payment: PaymentRecord = deps
-            .repo
-            .store()
-            .get(&pk, &sk)
-            .await?
-            .ok_or_else(|| StoreError::Data("linked payment is missing".into()))?;
-        let mut tx = deps.repo.store().tx();
-        let event_index = tx.next_index();
-        match Transition::decide(payment.state, event.target_state()) {
-            Transition::NoOp => {
-                let mut next = payment.clone();
-                // Record the journey's progress (never backwards) without changing the state.
-                let recorded = event == StepUpEvent::InProgress
-                    && payment.state == PaymentState::StepUpPending
-                    && payment.payment_request_state.as_deref() == Some("SUBMITTED");
-                tx.put_new(&record(
-                    KlarnaEventOutcome::NoOp,
-                    Some(link.payment_id.clone()),
-                    Some(payment.state.as_str()),
-                ))?;
-                if recorded {
-                    next.payment_request_state = Some("IN_PROGRESS".into());
-                    next.version += 1;
-                    next.updated_at = now;
-                    tx.put_if_version(&next, payment.version)?;
-                }
-                match commit(tx, event_index).await? {
-                    Committed::Yes => return Ok(KlarnaEventOutcome::NoOp),
-                    Committed::Duplicate => return Ok(KlarnaEventOutcome::NoOp),
-                    Committed::Raced => continue,
-                }
-            }
-            Transition::Apply { from, to } => {
-                let mut next = payment.clone();
-                next.state = to;
-                next.version += 1;
-                next.updated_at = now;
-                next.payment_request_state = change.state.clone();
-                tx.put_new(&record(
-                    KlarnaEventOutcome::Applied,
-                    Some(link.payment_id.clone()),
-                    None,
-                ))?;
-                match event {
-                    StepUpEvent::Completed => {
-                        next.session_token_received_at = Some(now);
-                        if let Some(t) = session_token_of(&envelope.payload) {
-                            next.session_token_sealed =
-                                Some(seal(deps, t.expose().as_bytes(), &sk)?);
-                        }
-                        if let Some(t) = customer_token_of(&envelope.payload) {
-                            next.completed_customer_token_sealed =
-                                Some(seal(deps, t.expose().as_bytes(), &sk)?);
-                        }
-                        // The final authorize runs from the step-up queue; the job is written
-                        // with the transition, so it cannot be lost (R2).
-                        let job = FinalizeJob {
-                            partner_id: link.partner_id.clone(),
-                            payment_id: link.payment_id.clone(),
-                        };
-                        let job_id = NotificationId::new(format!(
-                            "job_{}",
-                            shared::idempotency::derive(&[link.payment_id.as_str(), "finalize"])
-                                .simple()
-                        ));
-                        tx.finalize_job(&job_id, &job, now)?;
-                    }
-                    _ => {
-                        next.reason = change.state_reason.clone().or_else(|| change.state.clone());
-                        if let Some(n) = payments::payment_notification(&next, None, now) {
-                            tx.notify(&n)?;
-                        }
-                    }
-                }
-                tx.put_if_version(&next, payment.version)?;
-                match commit(tx, event_index).await? {
-                    Committed::Yes => {
-                        tracing::info!(from = %from, to = %to, "payment moved");
-                        return Ok(KlarnaEventOutcome::Applied);
-                    }
-                    Committed::Duplicate => return Ok(KlarnaEventOutcome::NoOp),
-                    Committed::Raced => continue,
-                }
+        Routed::Unrouted(envelope) => {
+            // Acknowledged so Klarna does not retry forever; kept for inspection.
+            let d = delivery(&envelope.metadata);
+            if d.first_seen().await? {
+                d.keep_unmatched("unknown event type, version or payload")
+                    .await
+            } else {
+                Ok(KlarnaEventOutcome::NoOp)
             }
         }
     }
-    Err(WebhookError::Contention)
 }
 
-/// Klarna revoked a customer token: the partner's token follows, with one `token.revoked`
-/// notification, in the transaction that records the event (R1, R2). A token this backend does
-/// not know (issued before links existed, or another acquirer's) is kept for inspection.
-async fn token_revoked(
-    deps: &Deps,
-    body: &[u8],
-    envelope: WebhookEnvelope,
-    change: CustomerTokenChange,
-    now: DateTime<Utc>,
-) -> Result<KlarnaEventOutcome, WebhookError> {
-    let m = &envelope.metadata;
-    let span = tracing::Span::current();
-    span.record("event_id", m.event_id.as_str());
-    span.record("event_type", m.event_type.as_str());
-    let event_pk = klarna_event_pk(&m.event_id);
-    if deps
-        .repo
-        .store()
-        .get::<KlarnaEventRecord>(&event_pk, "EVENT")
-        .await?
-        .is_some()
-    {
-        tracing::info!("duplicate delivery");
-        return Ok(KlarnaEventOutcome::NoOp);
+/// One verified, fresh delivery of an event, and what records it.
+pub(crate) struct Delivery<'a> {
+    pub deps: &'a Deps,
+    pub metadata: &'a WebhookMetadata,
+    pub body: &'a [u8],
+    pub now: DateTime<Utc>,
+}
+
+impl Delivery<'_> {
+    /// Names the event in the log, and whether this is its first delivery (a redelivery of a
+    /// recorded event is acknowledged as it is).
+    pub async fn first_seen(&self) -> Result<bool, WebhookError> {
+        let m = self.metadata;
+        let span = tracing::Span::current();
+        span.record("event_id", m.event_id.as_str());
+        span.record("event_type", m.event_type.as_str());
+        if self.deps.repo.event_seen(&m.event_id).await? {
+            tracing::info!("duplicate delivery");
+            return Ok(false);
+        }
+        Ok(true)
     }
-    let record = |outcome, note: Option<&str>| KlarnaEventRecord {
-        pk: event_pk.clone(),
-        sk: "EVENT".into(),
-        event_type: m.event_type.clone(),
-        outcome,
-        payment_id: None,
-        received_at: now,
-        note: note.map(str::to_owned),
-        body_sealed: None,
-        ttl: (now + deps.replay_window + DEDUPE_MARGIN).timestamp(),
-    };
-    let unmatched = |why: &str| -> Result<KlarnaEventRecord, WebhookError> {
-        let mut r = record(KlarnaEventOutcome::Unmatched, Some(why));
-        r.body_sealed = Some(seal(deps, body, &event_pk)?);
-        Ok(r)
-    };
-    let link_pk = klarna_token_pk(&payments::klarna_token_hash(&change.customer_token_id));
-    let Some(link) = deps
-        .repo
-        .store()
-        .get::<KlarnaTokenLink>(&link_pk, LINK_SK)
-        .await?
-    else {
-        tracing::warn!("token event for a customer token we do not know; kept for inspection");
-        return put_event(
-            deps,
-            &unmatched("no backend token for this customer token")?,
+
+    /// The record of this event with its outcome.
+    pub fn record(
+        &self,
+        outcome: KlarnaEventOutcome,
+        payment_id: Option<shared::ids::PaymentId>,
+        note: Option<&str>,
+    ) -> shared::store::records::KlarnaEventRecord {
+        self.deps.repo.event_record(
+            self.metadata,
+            outcome,
+            payment_id,
+            note,
+            self.deps.replay_window,
+            self.now,
         )
-        .await;
-    };
-    // Klarna's reason, if it is a plain code; otherwise ours.
-    let reason = change
-        .state_reason
-        .as_deref()
-        .filter(|r| r.len() <= 64 && r.bytes().all(|b| b.is_ascii_uppercase() || b == b'_'))
-        .map(|r| format!("REVOKED_AT_KLARNA:{r}"))
-        .unwrap_or_else(|| "REVOKED_AT_KLARNA".to_owned());
-    let pk = partner_pk(&link.partner_id);
-    for _ in 0..MAX_RACE_RETRIES {
-        let Some(token) = deps
-            .repo
-            .store()
-            .get::<TokenRecord>(&pk, &link.token_sk)
-            .await?
-        else {
-            return put_event(deps, &unmatched("the linked token is missing")?).await;
-        };
-        tracing::Span::current().record("token_id", token.token_id.as_str());
-        let mut tx = deps.repo.store().tx();
-        let event_index = tx.next_index();
-        let outcome = match token.state {
-            // Already revoked (by the partner, or an earlier path): it notified then.
-            TokenState::Revoked => {
-                tx.put_new(&record(
-                    KlarnaEventOutcome::NoOp,
-                    Some("token already revoked"),
-                ))?;
-                KlarnaEventOutcome::NoOp
-            }
-            TokenState::Active => {
-                let mut next = token.clone();
-                next.state = TokenState::Revoked;
-                next.version += 1;
-                next.revoked_at = Some(now);
-                next.revoked_reason = Some(reason.clone());
-                tx.put_new(&record(KlarnaEventOutcome::Applied, None))?;
-                tx.put_if_version(&next, token.version)?;
-                tx.notify(&payments::token_revoked_notification(&next, &reason, now))?;
-                KlarnaEventOutcome::Applied
-            }
-        };
-        match commit(tx, event_index).await? {
-            Committed::Yes => {
-                tracing::info!(outcome = ?outcome, "customer token revoked at Klarna followed");
-                return Ok(outcome);
-            }
-            Committed::Duplicate => return Ok(KlarnaEventOutcome::NoOp),
-            Committed::Raced => continue,
+    }
+
+    /// Keeps an event nothing matches, with its body sealed for an operator.
+    pub async fn keep_unmatched(&self, why: &str) -> Result<KlarnaEventOutcome, WebhookError> {
+        let r = self.record(KlarnaEventOutcome::Unmatched, None, Some(why));
+        Ok(self.deps.repo.keep_event(r, Some(self.body)).await?)
+    }
+}
+
+/// What a commit that lost no race means for the delivery; `None`: decide again.
+pub(crate) fn settled(
+    result: Result<(), CommitError>,
+    outcome: KlarnaEventOutcome,
+) -> Result<Option<KlarnaEventOutcome>, WebhookError> {
+    match result {
+        Ok(()) => Ok(Some(outcome)),
+        // A concurrent delivery of the same event recorded it, with its consequences.
+        Err(CommitError::Duplicate) => {
+            tracing::info!("duplicate delivery");
+            Ok(Some(KlarnaEventOutcome::NoOp))
         }
-    }
-    Err(WebhookError::Contention)
-}
-
-enum Committed {
-    Yes,
-    /// The event record already existed: a concurrent delivery of the same event won.
-    Duplicate,
-    /// The payment changed between read and write: decide again.
-    Raced,
-}
-
-async fn commit(tx: shared::store::Tx<'_>, event_index: usize) -> Result<Committed, StoreError> {
-    match tx.commit().await {
-        Ok(()) => Ok(Committed::Yes),
-        Err(StoreError::Conflict { failed }) if failed.contains(&event_index) => {
-            Ok(Committed::Duplicate)
-        }
-        Err(StoreError::Conflict { .. }) => Ok(Committed::Raced),
-        Err(e) => Err(e),
+        Err(CommitError::Raced) => Ok(None),
+        Err(CommitError::Store(e)) => Err(e.into()),
     }
 }
 
-async fn put_event(deps: &Deps, r: &KlarnaEventRecord) -> Result<KlarnaEventOutcome, WebhookError> {
-    match deps.repo.store().put_new(r).await {
-        Ok(()) | Err(StoreError::Conflict { .. }) => Ok(r.outcome),
-        Err(e) => Err(e.into()),
+/// Before a new attempt: a jittered backoff, so racing deliveries of one record spread out.
+pub(crate) async fn backoff(attempt: u32) {
+    if attempt == 0 {
+        return;
     }
+    let jitter = shared::crypto::random_bytes(1)
+        .map(|b| u64::from(b[0]))
+        .unwrap_or(128);
+    tokio::time::sleep(std::time::Duration::from_millis(
+        2 + jitter % (5 << attempt.min(4)),
+    ))
+    .await;
 }
 
-fn seal(deps: &Deps, bytes: &[u8], aad: &str) -> Result<String, WebhookError> {
-    deps.repo
-        .store()
-        .sealer()
-        .seal(bytes, aad)
-        .map_err(|e| WebhookError::Store(StoreError::Data(e.to_string())))
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Keeps a signed but unusable body for an operator (sealed: it may carry personal data).
-async fn keep_rejected(
-    deps: &Deps,
-    body: &[u8],
-    why: &str,
-    now: DateTime<Utc>,
-) -> Result<(), WebhookError> {
-    let id = KlarnaEventId::new(format!(
-        "rejected-{}",
-        &shared::crypto::sha256_hex(body)[..32]
-    ));
-    let pk = klarna_event_pk(&id);
-    let r = KlarnaEventRecord {
-        body_sealed: Some(seal(deps, body, &pk)?),
-        pk,
-        sk: "EVENT".into(),
-        event_type: "unparseable".into(),
-        outcome: KlarnaEventOutcome::Unmatched,
-        payment_id: None,
-        received_at: now,
-        note: Some(why.into()),
-        ttl: (now + deps.replay_window + DEDUPE_MARGIN).timestamp(),
-    };
-    put_event(deps, &r).await.map(|_| ())
+    #[test]
+    fn what_klarna_sent_wrong_is_4xx_and_what_a_retry_fixes_is_5xx() {
+        let status = |e: WebhookError| e.into_api_error().status;
+        assert_eq!(status(refuse("stale_event", "old")), 400);
+        assert_eq!(status(WebhookError::Keys("down".into())), 503);
+        assert_eq!(status(WebhookError::Contention), 503);
+        assert_eq!(
+            status(WebhookError::Store(StoreError::Data("bad".into()))),
+            500
+        );
+    }
+
+    #[test]
+    fn a_lost_race_decides_again_and_a_duplicate_is_acknowledged() {
+        let applied = KlarnaEventOutcome::Applied;
+        assert_eq!(settled(Ok(()), applied).unwrap(), Some(applied));
+        assert_eq!(
+            settled(Err(CommitError::Duplicate), applied).unwrap(),
+            Some(KlarnaEventOutcome::NoOp)
+        );
+        assert_eq!(settled(Err(CommitError::Raced), applied).unwrap(), None);
+        let store = Err(CommitError::Store(StoreError::Data("x".into())));
+        assert!(matches!(
+            settled(store, applied),
+            Err(WebhookError::Store(_))
+        ));
+    }
 }

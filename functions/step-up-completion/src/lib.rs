@@ -1,18 +1,20 @@
 //! Step-up completion: consumes finalize jobs from the step-up queue and calls Klarna's
 //! authorize (final) with the network session token, once per payment, then records the outcome,
 //! the issued token and the partner notification in one transaction.
+//!
+//! A job reads parse → load → lease → decide which input the payment needs → (Klarna) → commit;
+//! the payment aggregate decides every change and the repository commits it.
 #![forbid(unsafe_code)]
+
+mod finalize;
 
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use chrono::{DateTime, Duration, Utc};
-use shared::domain::{PaymentKind, PaymentState};
-use shared::ids::*;
-use shared::klarna::types::session_token_of;
-use shared::klarna::{
-    AuthorizeHeaders, AuthorizeOutcome, AuthorizeRequest, KlarnaClient, KlarnaError,
-};
-use shared::payments::{self, IssuedToken};
-use shared::store::records::*;
+use shared::domain::aggregate::IllegalTransition;
+use shared::domain::PaymentState;
+use shared::klarna::{KlarnaClient, KlarnaError};
+use shared::repo::CommitError;
+use shared::store::records::FinalizeJob;
 use shared::store::StoreError;
 use tracing::Instrument;
 
@@ -66,6 +68,9 @@ pub enum StepUpError {
     Klarna(#[from] KlarnaError),
     #[error("another container is finalizing this payment")]
     Busy,
+    /// The aggregate refused the input: a defect, which a retry would only repeat.
+    #[error("aggregate: {0}")]
+    Illegal(#[from] IllegalTransition),
 }
 
 impl StepUpError {
@@ -73,7 +78,7 @@ impl StepUpError {
     /// the rest end the payment and are acknowledged, so they never loop.
     pub fn is_retryable(&self) -> bool {
         match self {
-            StepUpError::BadJob(_) => false,
+            StepUpError::BadJob(_) | StepUpError::Illegal(_) => false,
             StepUpError::Store(e) => e.is_retryable(),
             StepUpError::Klarna(e) => e.is_retryable(),
             StepUpError::Busy => true,
@@ -120,205 +125,62 @@ pub async fn handle(deps: &Deps, event: SqsEvent) -> SqsBatchResponse {
     response
 }
 
+/// One finalize job.
 pub async fn process(
     deps: &Deps,
     body: &str,
     now: DateTime<Utc>,
 ) -> Result<JobOutcome, StepUpError> {
-    let job: FinalizeJob =
-        serde_json::from_str(body).map_err(|e| StepUpError::BadJob(e.to_string()))?;
+    let job = parse_job(body)?;
     tracing::Span::current().record("payment_id", job.payment_id.as_str());
-    let pk = partner_pk(&job.partner_id);
-    let sk = payment_sk(&job.payment_id);
-    let Some(payment) = deps.repo.store().get::<PaymentRecord>(&pk, &sk).await? else {
+    let Some(payment) = deps.repo.payment(&job.partner_id, &job.payment_id).await? else {
         return Ok(JobOutcome::Poison);
     };
-    if payment.state != PaymentState::StepUpCompleted {
-        return Ok(JobOutcome::AlreadyDone(payment.state));
-    }
-    if payment
-        .finalize_lease_until_ms
-        .is_some_and(|t| t > now.timestamp_millis())
-    {
-        return Err(StepUpError::Busy);
-    }
-    // Take the lease: concurrent jobs for one payment make one Klarna call.
-    let mut leased = payment.clone();
-    leased.version += 1;
-    leased.finalize_lease_until_ms = Some((now + FINALIZE_LEASE).timestamp_millis());
-    match deps
-        .repo
-        .store()
-        .put_if_version(&leased, payment.version)
-        .await
-    {
-        Ok(()) => {}
-        Err(e) if e.is_conflict() => return Err(StepUpError::Busy),
-        Err(e) => return Err(e.into()),
-    }
-    let sealer = deps.repo.store().sealer();
-    let partner: PartnerRecord = deps
-        .repo
-        .store()
-        .get(&partner_pk(&job.partner_id), PROFILE_SK)
-        .await?
-        .ok_or_else(|| StepUpError::BadJob("partner is missing".into()))?;
-    let mut next = leased.clone();
-    next.version += 1;
-    next.updated_at = now;
-    next.finalize_lease_until_ms = None;
-    let mut issued: Option<IssuedToken> = None;
-    let mut tx = deps.repo.store().tx();
+    finalize::run(deps, &job, payment, now).await
+}
 
-    let received = leased
-        .session_token_received_at
-        .unwrap_or(leased.updated_at);
-    let session = match &leased.session_token_sealed {
-        Some(s) => Some(NetworkSessionToken::new(
-            sealer
-                .open_str(s, &sk)
-                .map_err(|e| StoreError::Data(e.to_string()))?,
-        )),
-        // The webhook lacked it: read the payment request, where Klarna keeps it under state_context.
-        None => match &leased.payment_request_id {
-            Some(pr) => session_token_of(
-                &deps
-                    .klarna
-                    .read_payment_request(&partner.klarna_account_id, pr)
-                    .await?,
-            ),
-            None => None,
-        },
-    };
-    match session {
-        None => {
-            next.state = PaymentState::Failed;
-            next.reason = Some("NO_SESSION_TOKEN".into());
+fn parse_job(body: &str) -> Result<FinalizeJob, StepUpError> {
+    serde_json::from_str(body).map_err(|e| StepUpError::BadJob(e.to_string()))
+}
+
+/// A commit's failure that is not a lost race (a Klarna event is never part of these commits).
+fn fault(e: CommitError) -> StepUpError {
+    match e {
+        CommitError::Store(e) => e.into(),
+        CommitError::Duplicate | CommitError::Raced => {
+            StoreError::Data(format!("unexpected commit result: {e}")).into()
         }
-        Some(_) if now > received + SESSION_TOKEN_TTL => {
-            next.state = PaymentState::Failed;
-            next.reason = Some("SESSION_TOKEN_EXPIRED".into());
-        }
-        Some(session) => {
-            let initial: AuthorizeRequest = serde_json::from_str(
-                &sealer
-                    .open_str(&leased.klarna_request_sealed, &sk)
-                    .map_err(|e| StoreError::Data(e.to_string()))?,
-            )
-            .map_err(|e| StoreError::Data(e.to_string()))?;
-            // The same payload as the initial call, without step_up_config, naming the request.
-            let final_request = AuthorizeRequest {
-                step_up_config: None,
-                payment_request_id: leased.payment_request_id.clone(),
-                ..initial.clone()
-            };
-            let headers = AuthorizeHeaders {
-                idempotency_key: shared::idempotency::klarna_key(
-                    job.payment_id.as_str(),
-                    "authorize-final",
-                ),
-                customer_token: None,
-                network_session_token: Some(session),
-            };
-            match deps
-                .klarna
-                .authorize(&partner.klarna_account_id, &final_request, &headers)
-                .await
-            {
-                Ok(resp) => match AuthorizeOutcome::from_response(&resp) {
-                    Ok(AuthorizeOutcome::Approved {
-                        transaction_id,
-                        customer_token,
-                    }) => {
-                        next.state = PaymentState::Authorized;
-                        next.klarna_transaction_id = transaction_id;
-                        if leased.kind == PaymentKind::TokenCreation {
-                            let from_completion = match &leased.completed_customer_token_sealed {
-                                Some(s) => Some(CustomerToken::new(
-                                    sealer
-                                        .open_str(s, &sk)
-                                        .map_err(|e| StoreError::Data(e.to_string()))?,
-                                )),
-                                None => None,
-                            };
-                            match customer_token.or(from_completion) {
-                                Some(ct) => {
-                                    let scopes = initial
-                                        .request_customer_token
-                                        .map(|r| r.scopes)
-                                        .unwrap_or_default();
-                                    let i = payments::issue_token(
-                                        sealer, &next, ct, scopes, None, now,
-                                    )?;
-                                    tx.put_new(&i.record)?;
-                                    // Not conditional: the link carries no state, only where the token is.
-                                    tx.put(&i.link)?;
-                                    issued = Some(i);
-                                }
-                                None => {
-                                    next.reason = Some("KLARNA_ISSUED_NO_CUSTOMER_TOKEN".into())
-                                }
-                            }
-                        }
-                    }
-                    Ok(AuthorizeOutcome::Declined { reason }) => {
-                        next.state = PaymentState::Declined;
-                        next.reason = Some(reason.unwrap_or_else(|| "DECLINED".into()));
-                    }
-                    Ok(AuthorizeOutcome::StepUp { .. }) => {
-                        next.state = PaymentState::Failed;
-                        next.reason = Some("UNEXPECTED_STEP_UP_AT_FINAL_AUTHORIZE".into());
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "final authorize answer unusable");
-                        next.state = PaymentState::Failed;
-                        next.reason = Some("KLARNA_ANSWER_UNUSABLE".into());
-                    }
-                },
-                Err(e) if e.is_retryable() => {
-                    release_lease(deps, &leased).await;
-                    return Err(e.into());
-                }
-                Err(e) => {
-                    next.state = PaymentState::Failed;
-                    next.reason = Some(format!(
-                        "KLARNA_REJECTED:{}",
-                        e.error_code().unwrap_or("UNKNOWN")
-                    ));
-                }
-            }
-        }
-    }
-    tx.put_if_version(&next, leased.version)?;
-    if let Some(n) = payments::payment_notification(&next, issued.as_ref(), now) {
-        tx.notify(&n)?;
-    }
-    match tx.commit().await {
-        Ok(()) => {
-            tracing::info!(to = %next.state, reason = next.reason.as_deref(), "payment finalized");
-            Ok(JobOutcome::Finalized(next.state))
-        }
-        Err(e) if e.is_conflict() => {
-            let current: Option<PaymentRecord> = deps.repo.store().get(&pk, &sk).await?;
-            Ok(JobOutcome::AlreadyDone(
-                current.map(|p| p.state).unwrap_or(PaymentState::Failed),
-            ))
-        }
-        Err(e) => Err(e.into()),
     }
 }
 
-/// Gives the lease back after a retryable failure so the retry need not wait for it to lapse.
-async fn release_lease(deps: &Deps, leased: &PaymentRecord) {
-    let mut released = leased.clone();
-    released.version += 1;
-    released.finalize_lease_until_ms = None;
-    if let Err(e) = deps
-        .repo
-        .store()
-        .put_if_version(&released, leased.version)
-        .await
-    {
-        tracing::warn!(error = %e, "could not release the finalize lease; it lapses by itself");
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_job_is_a_partner_and_a_payment() {
+        let job = parse_job(r#"{"partner_id":"p-1","payment_id":"pay_1"}"#).unwrap();
+        assert_eq!(job.partner_id.as_str(), "p-1");
+        assert_eq!(job.payment_id.as_str(), "pay_1");
+    }
+
+    #[test]
+    fn an_unreadable_job_is_dropped_not_retried() {
+        for body in ["", "{}", "not json", r#"{"partner_id":"p-1"}"#] {
+            let e = parse_job(body).unwrap_err();
+            assert!(matches!(e, StepUpError::BadJob(_)), "{body:?}");
+            assert!(!e.is_retryable());
+        }
+    }
+
+    #[test]
+    fn retryable_is_what_a_later_attempt_can_fix() {
+        assert!(StepUpError::Busy.is_retryable());
+        assert!(!StepUpError::Store(StoreError::Data("x".into())).is_retryable());
+        assert!(!StepUpError::Illegal(IllegalTransition {
+            from: PaymentState::Authorized,
+            input: "final authorize",
+        })
+        .is_retryable());
     }
 }

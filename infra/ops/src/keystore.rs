@@ -1,17 +1,16 @@
 //! Where Klarna webhook signing keys live for the webhook function: the JSON object
 //! `{"<signing key id>": "<secret>"}` (several keys while one rotates).
 //!
-//! Two stores: [`FileKeyStore`] (a JSON file: local runs, tests, and the hand-over to Secrets
-//! Manager through a sync command) and [`TableKeyStore`] (the JSON sealed with the data key in the
-//! table item `CONFIG#webhook-signing-keys` / `CONFIG`). A store can be wrapped in [`SyncedKeyStore`],
-//! which runs an operator command after every change (e.g. `aws secretsmanager put-secret-value`).
+//! One source of truth: the webhook function verifies only with the Secrets Manager secret named
+//! by `KLARNA_WEBHOOK_SIGNING_KEYS_SECRET_ID` (`klarna_webhook::KeySource::Secret`). The operator
+//! keeps the same JSON in a [`FileKeyStore`] and a [`SyncedKeyStore`] copies it into that secret
+//! after every change, so what the CLI writes is byte for byte what the function reads. (A table
+//! copy of the keys existed once; the function never read it, so a rotation there was silently
+//! ignored, and it is gone.)
 
 use crate::OpsError;
-use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
-use serde::{Deserialize, Serialize};
 use shared::ids::SecretString;
-use shared::store::Store;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -190,127 +189,6 @@ impl KeyStore for FileKeyStore {
                 self.write(&keys)?;
             }
             Ok(n)
-        })
-    }
-}
-
-// ------------------------------------------------------------------------------------ table
-
-pub const TABLE_KEYS_PK: &str = "CONFIG#webhook-signing-keys";
-pub const TABLE_KEYS_SK: &str = "CONFIG";
-
-/// The table item: the key JSON sealed with the data key (associated data: the item's pk),
-/// updated only on its version so two operators cannot lose each other's change.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct SigningKeysItem {
-    pub pk: String,
-    pub sk: String,
-    pub keys_sealed: String,
-    pub version: u64,
-    pub updated_at: DateTime<Utc>,
-}
-
-pub struct TableKeyStore {
-    store: Store,
-}
-
-impl TableKeyStore {
-    pub fn new(store: Store) -> Self {
-        Self { store }
-    }
-
-    async fn read(&self) -> Result<(Option<SigningKeysItem>, KeySet), OpsError> {
-        let item: Option<SigningKeysItem> = self
-            .store
-            .get(TABLE_KEYS_PK, TABLE_KEYS_SK)
-            .await
-            .map_err(OpsError::store)?;
-        let keys = match &item {
-            None => KeySet::default(),
-            Some(i) => {
-                let clear = self
-                    .store
-                    .sealer()
-                    .open_str(&i.keys_sealed, TABLE_KEYS_PK)
-                    .map_err(|_| {
-                        OpsError::Config(
-                            "the signing keys in the table do not open with this DATA_KEY (is it the deployment's data key?)".into(),
-                        )
-                    })?;
-                KeySet::from_json(&clear)?
-            }
-        };
-        Ok((item, keys))
-    }
-
-    /// Read, change, write on the version; retried when another writer came first.
-    async fn update(&self, change: impl Fn(&mut KeySet) -> bool) -> Result<(), OpsError> {
-        for _ in 0..5 {
-            let (item, mut keys) = self.read().await?;
-            if !change(&mut keys) {
-                return Ok(());
-            }
-            let sealed = self
-                .store
-                .sealer()
-                .seal_str(keys.to_secret_json().expose(), TABLE_KEYS_PK)
-                .map_err(|e| OpsError::Failed(e.to_string()))?;
-            let version = item.as_ref().map(|i| i.version).unwrap_or(0);
-            let next = SigningKeysItem {
-                pk: TABLE_KEYS_PK.into(),
-                sk: TABLE_KEYS_SK.into(),
-                keys_sealed: sealed,
-                version: version + 1,
-                updated_at: Utc::now(),
-            };
-            let result = match item {
-                None => self.store.put_new(&next).await,
-                Some(_) => self.store.put_if_version(&next, version).await,
-            };
-            match result {
-                Ok(()) => return Ok(()),
-                Err(e) if e.is_conflict() => continue,
-                Err(e) => return Err(OpsError::store(e)),
-            }
-        }
-        Err(OpsError::Failed(
-            "the signing keys item kept changing under us; try again".into(),
-        ))
-    }
-}
-
-impl KeyStore for TableKeyStore {
-    fn location(&self) -> String {
-        format!(
-            "table {} item {TABLE_KEYS_PK}/{TABLE_KEYS_SK}",
-            self.store.table()
-        )
-    }
-
-    fn load(&self) -> BoxFuture<'_, Result<KeySet, OpsError>> {
-        Box::pin(async move { Ok(self.read().await?.1) })
-    }
-
-    fn add<'a>(&'a self, id: &'a str, secret: SecretString) -> BoxFuture<'a, Result<(), OpsError>> {
-        Box::pin(async move {
-            self.update(|keys| {
-                keys.insert(id, secret.clone());
-                true
-            })
-            .await
-        })
-    }
-
-    fn remove<'a>(&'a self, ids: &'a [String]) -> BoxFuture<'a, Result<usize, OpsError>> {
-        Box::pin(async move {
-            let removed = std::sync::atomic::AtomicUsize::new(0);
-            self.update(|keys| {
-                let n = ids.iter().filter(|id| keys.remove(id)).count();
-                removed.store(n, std::sync::atomic::Ordering::Relaxed);
-                n > 0
-            })
-            .await?;
-            Ok(removed.into_inner())
         })
     }
 }

@@ -3,7 +3,7 @@
 //! ever refused.
 
 use crate::args::Args;
-use crate::keystore::{FileKeyStore, KeyStore, SyncedKeyStore, TableKeyStore};
+use crate::keystore::{FileKeyStore, KeyStore, SyncedKeyStore};
 use crate::{group_usage, Ctx, OpsError, Progress, Report};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -25,12 +25,13 @@ COMMANDS
 
 COMMON OPTIONS
   --klarna-url URL        Klarna API host (default: env KLARNA_BASE_URL); API key: env KLARNA_API_KEY
-  --key-store STORE       file:PATH (a JSON file {\"<key id>\":\"<secret>\"}) or table (sealed in
-                          the table item CONFIG#webhook-signing-keys; needs --table and DATA_KEY);
+  --key-store STORE       file:PATH (a JSON file {\"<key id>\":\"<secret>\"}, the operator's copy
+                          of the webhook function's Secrets Manager secret);
                           default: env KLARNA_OPS_KEY_STORE
   --sync-command CMD      run `sh -c CMD` after every key store change, with KLARNA_OPS_KEY_FILE
-                          set to the key file; e.g. copy it into Secrets Manager (see
-                          docs/operations.md). A failing command stops the operation.
+                          set to the key file: copy it into the secret the webhook function reads
+                          (see docs/operations.md). Without it a change reaches the function only
+                          when the file is copied by hand. A failing command stops the operation.
 ";
 
 const COMMANDS: &str = "signing-key create|list|delete, webhook register|show|test, rotate";
@@ -415,7 +416,7 @@ pub async fn key_store_from(
     let Some(spec) = spec else {
         if required {
             return Err(OpsError::Usage(
-                "--key-store is required (file:PATH or table; or set KLARNA_OPS_KEY_STORE)".into(),
+                "--key-store is required (file:PATH; or set KLARNA_OPS_KEY_STORE)".into(),
             ));
         }
         if args.opt("sync-command")?.is_some() {
@@ -423,22 +424,33 @@ pub async fn key_store_from(
         }
         return Ok(None);
     };
-    let store: Box<dyn KeyStore> = if let Some(path) = spec.strip_prefix("file:") {
-        if path.is_empty() {
-            return Err(OpsError::Usage("--key-store file: needs a path".into()));
-        }
-        Box::new(FileKeyStore::new(path))
-    } else if spec == "table" {
-        Box::new(TableKeyStore::new(ctx.store(args, true).await?))
-    } else {
-        return Err(OpsError::Usage(format!(
-            "--key-store {spec:?}: use file:PATH or table"
-        )));
-    };
+    let store = file_key_store(&spec)?;
     Ok(Some(match args.opt("sync-command")? {
         Some(cmd) if !cmd.trim().is_empty() => Box::new(SyncedKeyStore::new(store, cmd)),
-        _ => store,
+        _ => {
+            (ctx.progress)(&format!(
+                "note: no --sync-command: {} reaches the webhook function only once it is copied into the function's signing-keys secret",
+                store.location()
+            ));
+            store
+        }
     }))
+}
+
+/// `file:PATH`. The webhook function reads its keys only from its Secrets Manager secret, which
+/// the sync command fills from this file; a store it never reads (the former `table`) would make
+/// a rotation silently ineffective, so none is offered.
+fn file_key_store(spec: &str) -> Result<Box<dyn KeyStore>, OpsError> {
+    match spec.strip_prefix("file:") {
+        Some("") => Err(OpsError::Usage("--key-store file: needs a path".into())),
+        Some(path) => Ok(Box::new(FileKeyStore::new(path))),
+        None if spec == "table" => Err(OpsError::Usage(
+            "--key-store table is no longer supported: the webhook function never read the table copy, so changes there were ignored. Use --key-store file:PATH with a --sync-command that writes the file into the function's Secrets Manager secret (docs/operations.md)".into(),
+        )),
+        None => Err(OpsError::Usage(format!(
+            "--key-store {spec:?}: use file:PATH"
+        ))),
+    }
 }
 
 const STORE_FLAGS: &[&str] = &["key-store", "sync-command"];
@@ -1017,6 +1029,24 @@ mod tests {
             SimulationResult::Answered(None, false)
         );
         assert_eq!(r(json!({"event_id": "e"})), SimulationResult::Unreported);
+    }
+
+    #[test]
+    fn only_a_file_key_store_is_offered_and_table_says_why() {
+        assert!(file_key_store("file:/tmp/keys.json").is_ok());
+        for spec in ["file:", "table", "secret:x", ""] {
+            assert!(
+                matches!(file_key_store(spec), Err(OpsError::Usage(_))),
+                "{spec}"
+            );
+        }
+        let Err(OpsError::Usage(why)) = file_key_store("table") else {
+            panic!("table accepted")
+        };
+        assert!(
+            why.contains("Secrets Manager") && why.contains("file:PATH"),
+            "{why}"
+        );
     }
 
     #[test]

@@ -135,14 +135,13 @@ pub struct Ctx {
     sdk: OnceCell<aws_config::SdkConfig>,
     /// `TABLE_NAME`; `--table` overrides.
     pub table: Option<String>,
-    /// `DATA_KEY`: the deployment's 32-byte base64 data key (sealing notification secrets and
-    /// the table key store).
+    /// `DATA_KEY`: the deployment's 32-byte base64 data key (sealing notification secrets).
     pub data_key: Option<SecretString>,
     /// `KLARNA_BASE_URL`; `--klarna-url` overrides.
     pub klarna_url: Option<String>,
     /// `KLARNA_API_KEY`.
     pub klarna_api_key: Option<SecretString>,
-    /// `KLARNA_OPS_KEY_STORE` (`file:PATH` or `table`); `--key-store` overrides.
+    /// `KLARNA_OPS_KEY_STORE` (`file:PATH`); `--key-store` overrides.
     pub key_store: Option<String>,
     pub progress: Progress,
 }
