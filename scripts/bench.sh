@@ -35,7 +35,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/klarna-backend/target}
 START=$(date +%s)
 OUT="$CARGO_TARGET_DIR/klarna-bench"
 REL="$CARGO_TARGET_DIR/release"
-FUNCTIONS=(partner-authorizer partner-authorize klarna-webhook step-up-completion partner-fanout token-lifecycle)
+FUNCTIONS=(partner-auth partner-api klarna-webhook step-up-completion partner-fanout token-lifecycle)
 rm -rf "$OUT"
 mkdir -p "$OUT/logs"
 step() { printf '\n== %s (%ss)\n' "$*" "$(($(date +%s) - START))"; }

@@ -64,12 +64,12 @@ fn webhook(c: &mut Criterion) {
 
 fn authorize(c: &mut Criterion) {
     let body = fixtures::authorize_body().into_bytes();
-    if let Err(e) = partner_authorize::plan_payment(&body) {
+    if let Err(e) = partner_api::plan_payment(&body) {
         panic!("the authorize body must plan: {e:?}");
     }
     let mut g = c.benchmark_group("authorize");
     g.bench_function("plan_payment", |b| {
-        b.iter(|| partner_authorize::plan_payment(black_box(&body)))
+        b.iter(|| partner_api::plan_payment(black_box(&body)))
     });
     g.bench_function("floor", |b| {
         b.iter(|| serde_json::from_slice::<serde_json::Value>(black_box(&body)).expect("json"))
@@ -78,10 +78,8 @@ fn authorize(c: &mut Criterion) {
     // split plan_payment's time.
     g.bench_function("parse_only", |b| {
         b.iter(|| {
-            partner_authorize::request::parse::<partner_authorize::request::CreatePayment>(
-                black_box(&body),
-            )
-            .is_ok()
+            partner_api::request::parse::<partner_api::request::CreatePayment>(black_box(&body))
+                .is_ok()
         })
     });
     g.finish();

@@ -7,8 +7,8 @@ use serde_json::{json, Value};
 
 /// The six functions, as their binaries are named.
 pub const FUNCTIONS: [&str; 6] = [
-    "partner-authorizer",
-    "partner-authorize",
+    "partner-auth",
+    "partner-api",
     "klarna-webhook",
     "step-up-completion",
     "partner-fanout",
@@ -101,7 +101,7 @@ pub fn fixtures() -> Vec<Fixture> {
     let webhook_body = webhook_body("2025-01-01T00:00:00Z");
     vec![
         Fixture {
-            name: "partner-authorizer",
+            name: "partner-auth",
             event: json!({
                 "version": "2.0", "type": "REQUEST",
                 "routeArn": "arn:aws:execute-api:us-east-1:000000000000:bench/$default/POST/v1/payments",
@@ -113,7 +113,7 @@ pub fn fixtures() -> Vec<Fixture> {
             why_no_io: "no Authorization header: refused before the API-key lookup",
         },
         Fixture {
-            name: "partner-authorize",
+            name: "partner-api",
             event: http_event(
                 "POST",
                 "/v1/payments",

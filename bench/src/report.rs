@@ -38,7 +38,7 @@ pub const CPU_BENCHES: [CpuBench; 3] = [
         floor: "1 ring HMAC-SHA256 + 1 serde_json::Value parse of the body",
     },
     CpuBench {
-        function: "partner-authorize",
+        function: "partner-api",
         group: "authorize",
         entry: "plan_payment",
         entry_call: "plan_payment (realistic body)",
@@ -247,11 +247,11 @@ fn cost_model(
             "`POST /v1/payments`, one-time payment approved at the first attempt",
             vec![
                 Invocation {
-                    what: "partner-authorizer (cache miss)",
+                    what: "partner-auth (cache miss)",
                     io_ms: item,
                     io_text: format!("1 GetItem {item} ms"),
-                    cpu_us: serve("partner-authorizer"),
-                    cpu_text: cpu_text("partner-authorizer", false),
+                    cpu_us: serve("partner-auth"),
+                    cpu_text: cpu_text("partner-auth", false),
                     rru: 1.0,
                     rru_text: "1 GetItem (API key) × 1 RRU",
                     wru: 0.0,
@@ -261,13 +261,13 @@ fn cost_model(
                     sqs_text: "",
                 },
                 Invocation {
-                    what: "partner-authorize",
+                    what: "partner-api",
                     io_ms: 4.0 * item + KLARNA_MS + DDB_TX_MS,
                     io_text: format!(
                         "4 Get/PutItem × {item} ms + Klarna authorize {KLARNA_MS} ms + 1 TransactWriteItems {DDB_TX_MS} ms"
                     ),
-                    cpu_us: pure("partner-authorize") + serve("partner-authorize"),
-                    cpu_text: cpu_text("partner-authorize", true),
+                    cpu_us: pure("partner-api") + serve("partner-api"),
+                    cpu_text: cpu_text("partner-api", true),
                     rru: 2.0,
                     rru_text: "2 GetItem (partner, payment) × 1 RRU",
                     wru: 11.0,
@@ -534,7 +534,7 @@ pub fn build(
 
     if let (Ok(parse), Some(total)) = (
         read_estimate(criterion_dir, "authorize", "parse_only"),
-        per_event_ns.get("partner-authorize"),
+        per_event_ns.get("partner-api"),
     ) {
         if parse.median_ns <= *total {
             let _ = writeln!(
@@ -556,7 +556,7 @@ pub fn build(
             );
         }
         if let Some(f) = functions
-            .get_mut("partner-authorize")
+            .get_mut("partner-api")
             .and_then(|f| f.get_mut("per_event_cpu"))
             .and_then(Value::as_object_mut)
         {

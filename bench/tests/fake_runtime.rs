@@ -58,10 +58,10 @@ fn probe_events_are_the_shapes_the_functions_read() {
     for f in fixtures::fixtures() {
         let v = f.event.clone();
         let ok = match f.name {
-            "partner-authorizer" => {
+            "partner-auth" => {
                 serde_json::from_value::<ApiGatewayV2CustomAuthorizerV2Request>(v).is_ok()
             }
-            "partner-authorize" | "klarna-webhook" | "token-lifecycle" => {
+            "partner-api" | "klarna-webhook" | "token-lifecycle" => {
                 serde_json::from_value::<ApiGatewayV2httpRequest>(v).is_ok()
             }
             "step-up-completion" => serde_json::from_value::<SqsEvent>(v).is_ok(),

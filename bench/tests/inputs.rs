@@ -31,6 +31,6 @@ fn the_signed_webhook_body_routes_to_a_state_change() {
 
 #[test]
 fn the_authorize_body_plans() {
-    let plan = partner_authorize::plan_payment(fixtures::authorize_body().as_bytes());
+    let plan = partner_api::plan_payment(fixtures::authorize_body().as_bytes());
     assert!(plan.is_ok(), "{:?}", plan.err());
 }

@@ -15,12 +15,15 @@ use crate::store::records::*;
 use crate::store::{Store, StoreError};
 use chrono::{DateTime, Duration, Utc};
 
+mod capabilities;
 // Methods grouped by the functions that use them; every group is part of `Repository`.
 mod fanout;
 mod partner_api;
 mod step_up;
 mod tokens;
 mod webhook;
+
+pub use capabilities::{EventStore, PartnerStore, PaymentStore, TokenStore};
 
 /// How a commit can fail besides a fault.
 #[derive(Debug, thiserror::Error)]

@@ -90,10 +90,7 @@ mod tests {
             "debug,hyper::client::pool=trace",
         ] {
             let f = super::filter(asked);
-            assert!(
-                f.would_enable("partner_authorize", &Level::DEBUG),
-                "{asked}"
-            );
+            assert!(f.would_enable("partner_api", &Level::DEBUG), "{asked}");
             for wire in [
                 "hyper",
                 "hyper::client::pool",

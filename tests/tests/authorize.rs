@@ -1,4 +1,4 @@
-//! Partner authorize (issue: flows A, B, C): outcomes, idempotency, tenancy, Klarna faults and bad
+//! Partner API authorize routes (flows A, B, C): outcomes, idempotency, tenancy, Klarna faults and bad
 //! input, against the local AWS server and the Klarna simulator.
 
 use integration_tests::*;

@@ -554,13 +554,11 @@ fn the_documented_enums_and_fields_are_the_codes() {
     );
     assert_eq!(
         enum_of(&c, "Currency"),
-        partner_authorize::request::CURRENCIES
-            .map(str::to_owned)
-            .to_vec()
+        partner_api::request::CURRENCIES.map(str::to_owned).to_vec()
     );
     assert_eq!(
         s["Amount"]["maximum"],
-        json!(partner_authorize::request::MAX_AMOUNT)
+        json!(partner_api::request::MAX_AMOUNT)
     );
 
     // A payment with every optional field: exactly the documented fields, and valid.
@@ -616,11 +614,11 @@ fn the_documented_enums_and_fields_are_the_codes() {
     );
 
     // Request bodies: the documented fields and required fields are the parser's.
-    check_request_fields::<partner_authorize::request::CreatePayment>(
+    check_request_fields::<partner_api::request::CreatePayment>(
         &s["CreatePayment"],
         json!({"currency": "EUR"}),
     );
-    check_request_fields::<partner_authorize::request::ChargeToken>(
+    check_request_fields::<partner_api::request::ChargeToken>(
         &s["ChargeToken"],
         json!({"amount": 1, "currency": "EUR", "customer_present": true}),
     );
@@ -684,7 +682,7 @@ fn wire<T: serde::Serialize>(v: &T) -> String {
 /// The documented properties are exactly the fields `T` accepts (its "unknown field" error lists
 /// them), and the documented required fields exactly those it cannot do without.
 fn check_request_fields<T: for<'de> serde::Deserialize<'de>>(schema: &Value, minimal: Value) {
-    let err = partner_authorize::request::parse::<T>(br#"{"zz_unknown": 1}"#)
+    let err = partner_api::request::parse::<T>(br#"{"zz_unknown": 1}"#)
         .err()
         .expect("unknown field refused");
     let accepted: BTreeSet<String> = err
@@ -711,11 +709,11 @@ fn check_request_fields<T: for<'de> serde::Deserialize<'de>>(schema: &Value, min
         .collect();
     assert_eq!(keys(&minimal), required, "{}", schema["title"]);
     let body = |v: &Value| serde_json::to_vec(v).unwrap();
-    assert!(partner_authorize::request::parse::<T>(&body(&minimal)).is_ok());
+    assert!(partner_api::request::parse::<T>(&body(&minimal)).is_ok());
     for field in &required {
         let mut without = minimal.clone();
         without.as_object_mut().unwrap().remove(field);
-        let e = partner_authorize::request::parse::<T>(&body(&without))
+        let e = partner_api::request::parse::<T>(&body(&without))
             .err()
             .unwrap_or_else(|| panic!("{field} is required"));
         assert_eq!(e.field.as_deref(), Some(field.as_str()), "{}", e.message);

@@ -51,15 +51,15 @@ async fn every_sample_event_is_answered_by_its_function() {
     .await
     .unwrap();
 
-    let authorizer = partner_authorizer::Deps::new(
-        partner_authorizer::Config {
+    let authorizer = partner_auth::Deps::new(
+        partner_auth::Config {
             store: store_config.clone(),
         },
         sdk,
     )
     .await
     .unwrap();
-    let auth = partner_authorizer::handle(
+    let auth = partner_auth::handle(
         &authorizer,
         sample::<ApiGatewayV2CustomAuthorizerV2Request>("authorizer-request.json"),
     )
@@ -70,8 +70,8 @@ async fn every_sample_event_is_answered_by_its_function() {
         "the sample's placeholder key is refused"
     );
 
-    let deps = partner_authorize::Deps::new(
-        partner_authorize::Config {
+    let deps = partner_api::Deps::new(
+        partner_api::Config {
             store: store_config.clone(),
             klarna: klarna_config.clone(),
             url_policy: Default::default(),
@@ -80,7 +80,7 @@ async fn every_sample_event_is_answered_by_its_function() {
     )
     .await
     .unwrap();
-    let r = partner_authorize::handle(
+    let r = partner_api::handle(
         &deps,
         sample::<ApiGatewayV2httpRequest>("apigw-create-payment.json"),
     )

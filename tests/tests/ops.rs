@@ -286,7 +286,7 @@ async fn partner_create_then_subscribe_and_a_declined_payment_reaches_both_queue
     .await;
     assert!(matches!(again, OpsError::Conflict(_)), "{again}");
 
-    // Disable: the partner record refuses payments (403 from partner-authorize) ...
+    // Disable: the partner record refuses payments (403 from partner-api) ...
     let (d, _) = ops(&c, &["partner", "disable", "--id", &id]).await;
     assert_eq!(d["status"], "DISABLED");
     let r = w

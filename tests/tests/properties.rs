@@ -7,7 +7,7 @@
 //!   at most one final authorize, and the partner gets at most one terminal notification (exactly
 //!   one, matching the state, when the payment ends terminal). One world serves every case; each
 //!   case has a payment of its own.
-//! - **Partner request parsing** (`partner_authorize::plan_payment`, the charge body and its
+//! - **Partner request parsing** (`partner_api::plan_payment`, the charge body and its
 //!   validators): never panics on arbitrary bytes or arbitrary JSON, and whatever it accepts is
 //!   valid (amount in range, known currency, https or localhost return URL).
 //! - **Webhook verification** (`klarna_webhook::verify_and_route`): never panics on arbitrary
@@ -512,7 +512,7 @@ static REQUEST_CASES: AtomicUsize = AtomicUsize::new(0);
 
 /// What the handler checks of a charge body, in its order (the handler itself needs a store).
 fn validate_charge(body: &[u8]) -> Result<(), shared::http::ApiError> {
-    use partner_authorize::request;
+    use partner_api::request;
     let b: request::ChargeToken = request::parse(body)?.body;
     let amount = request::amount(&b.amount, "amount")?;
     assert!((1..=request::MAX_AMOUNT).contains(&amount));
@@ -551,12 +551,12 @@ fn validate_charge(body: &[u8]) -> Result<(), shared::http::ApiError> {
 /// Whatever `plan_payment` accepts is valid; whatever it refuses is a 400.
 fn check_create(bytes: &[u8]) -> Result<(), TestCaseError> {
     REQUEST_CASES.fetch_add(1, Ordering::Relaxed);
-    match partner_authorize::plan_payment(bytes) {
+    match partner_api::plan_payment(bytes) {
         Ok((plan, _)) => {
             if let Some(a) = plan.amount {
-                prop_assert!((1..=partner_authorize::request::MAX_AMOUNT).contains(&a));
+                prop_assert!((1..=partner_api::request::MAX_AMOUNT).contains(&a));
             }
-            prop_assert!(partner_authorize::request::CURRENCIES.contains(&plan.currency.as_str()));
+            prop_assert!(partner_api::request::CURRENCIES.contains(&plan.currency.as_str()));
             prop_assert!(plan.amount.is_some() || !plan.requested_scopes.is_empty());
             let url = plan
                 .klarna_request
@@ -607,7 +607,7 @@ fn partner_request_bodies_never_panic_and_only_valid_ones_pass() {
         }),
     );
     // The valid bodies themselves pass.
-    assert!(partner_authorize::plan_payment(valid_create().to_string().as_bytes()).is_ok());
+    assert!(partner_api::plan_payment(valid_create().to_string().as_bytes()).is_ok());
     assert!(validate_charge(valid_charge().to_string().as_bytes()).is_ok());
     println!(
         "partner request bodies: {} executions passed",

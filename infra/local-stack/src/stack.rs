@@ -64,7 +64,7 @@ pub struct StackOptions {
     pub klarna_timeout: Duration,
     pub replay_window: chrono::Duration,
     /// Return URLs partners may send; local runs may allow http on the loopback host.
-    pub url_policy: partner_authorize::request::UrlPolicy,
+    pub url_policy: partner_api::request::UrlPolicy,
 }
 
 impl StackOptions {
@@ -84,7 +84,7 @@ impl StackOptions {
             },
             klarna_timeout: Duration::from_secs(5),
             replay_window: chrono::Duration::hours(72),
-            url_policy: partner_authorize::request::UrlPolicy::default(),
+            url_policy: partner_api::request::UrlPolicy::default(),
         }
     }
 }
@@ -132,8 +132,8 @@ impl LocalStack {
         let signing_keys = Arc::new(RwLock::new(opts.signing_keys.clone()));
 
         let mut http: HashMap<&str, HttpFn> = HashMap::new();
-        let api_deps = partner_authorize::Deps::new(
-            partner_authorize::Config {
+        let api_deps = partner_api::Deps::new(
+            partner_api::Config {
                 store: store_config.clone(),
                 klarna: klarna_config.clone(),
                 url_policy: opts.url_policy,
@@ -143,9 +143,9 @@ impl LocalStack {
         .await
         .map_err(config_error)?;
         http.insert(
-            "PartnerAuthorizeFunction",
+            "PartnerApiFunction",
             functions::http(Arc::new(api_deps), |d, r| async move {
-                partner_authorize::handle(&d, r).await
+                partner_api::handle(&d, r).await
             }),
         );
         let webhook_deps = klarna_webhook::Deps::new(
@@ -180,8 +180,8 @@ impl LocalStack {
             }),
         );
         let authorizer_deps = Arc::new(
-            partner_authorizer::Deps::new(
-                partner_authorizer::Config {
+            partner_auth::Deps::new(
+                partner_auth::Config {
                     store: store_config.clone(),
                 },
                 &sdk,
@@ -192,7 +192,7 @@ impl LocalStack {
         let authorizer: AuthorizerFn = Arc::new(move |req| {
             let d = authorizer_deps.clone();
             Box::pin(async move {
-                partner_authorizer::handle(&d, req)
+                partner_auth::handle(&d, req)
                     .await
                     .map_err(|e| e.to_string())
             })

@@ -381,7 +381,7 @@ mod tests {
             .all(|r| r.authorized));
         assert_eq!(
             t.authorizer_function.as_deref(),
-            Some("PartnerAuthorizerFunction")
+            Some("PartnerAuthFunction")
         );
     }
 }

@@ -4,10 +4,10 @@ use lambda_runtime::{service_fn, Error, LambdaEvent};
 async fn main() -> Result<(), Error> {
     shared::telemetry::init_json();
     let sdk = shared::aws::sdk_config().await;
-    let deps = partner_authorize::Deps::new(partner_authorize::Config::from_env()?, &sdk).await?;
+    let deps = partner_api::Deps::new(partner_api::Config::from_env()?, &sdk).await?;
     let deps = &deps;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<_>| async move {
-        Ok::<_, std::convert::Infallible>(partner_authorize::handle(deps, event.payload).await)
+        Ok::<_, std::convert::Infallible>(partner_api::handle(deps, event.payload).await)
     }))
     .await
 }
