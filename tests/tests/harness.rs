@@ -14,7 +14,7 @@ use shared::store::{Store, StoreError};
 use std::sync::{Arc, Mutex};
 
 fn template() -> Template {
-    Template::load(&local_stack::template_path()).unwrap()
+    Template::parse(local_stack::TEMPLATE_YAML).unwrap()
 }
 
 #[tokio::test]

@@ -15,7 +15,6 @@ pub mod walkthrough;
 pub use events::{HttpRequest, HttpResponse};
 pub use stack::{local_sdk_config, LocalStack, StackOptions};
 
-/// The project's `template.yaml`.
-pub fn template_path() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../template.yaml")
-}
+/// The project's `template.yaml`, compiled in: the binaries never depend on where the clone that
+/// built them sits (clones share one build cache), and cargo rebuilds when the template changes.
+pub const TEMPLATE_YAML: &str = include_str!("../../../template.yaml");

@@ -12,7 +12,6 @@ use shared::crypto::Sealer;
 use shared::klarna::{RetryPolicy, SigningKeys};
 use shared::store::Store;
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::RwLock;
@@ -52,7 +51,8 @@ fn config_error(e: impl std::fmt::Display) -> StackError {
 }
 
 pub struct StackOptions {
-    pub template_path: PathBuf,
+    /// The SAM template the stack is built from (the project's, compiled in, unless replaced).
+    pub template_yaml: std::borrow::Cow<'static, str>,
     /// Every resource name starts with it, so stacks never see each other.
     pub prefix: String,
     pub klarna_base_url: String,
@@ -70,7 +70,7 @@ pub struct StackOptions {
 impl StackOptions {
     pub fn new(prefix: &str, klarna_base_url: &str, signing_keys: SigningKeys) -> Self {
         Self {
-            template_path: crate::template_path(),
+            template_yaml: std::borrow::Cow::Borrowed(crate::TEMPLATE_YAML),
             prefix: prefix.to_owned(),
             klarna_base_url: klarna_base_url.to_owned(),
             klarna_api_key: "klarna_test_api_local".into(),
@@ -107,7 +107,7 @@ pub struct LocalStack {
 
 impl LocalStack {
     pub async fn start(sdk: aws_config::SdkConfig, opts: StackOptions) -> Result<Self, StackError> {
-        let template = Template::load(&opts.template_path)?;
+        let template = Template::parse(&opts.template_yaml)?;
         let resources = Resources::create(&sdk, &template, &opts.prefix).await?;
         // Every function is built through its own `Config` and `Deps::new`, as `main.rs` builds
         // it in Lambda; only the values come from options instead of the environment.

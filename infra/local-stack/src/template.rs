@@ -350,10 +350,7 @@ mod tests {
 
     #[test]
     fn reads_the_project_template() {
-        let t = Template::load(
-            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../template.yaml"),
-        )
-        .unwrap();
+        let t = Template::parse(crate::TEMPLATE_YAML).unwrap();
         assert_eq!(
             t.table.stream_view_type.as_deref(),
             Some("NEW_AND_OLD_IMAGES")
