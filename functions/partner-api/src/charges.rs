@@ -45,7 +45,7 @@ pub async fn charge(
     {
         return Ok(raw_json(status, body));
     }
-    let record = crate::live_token(deps, partner, token, "token").await?;
+    let record = crate::live_token(&deps.repo, partner, token, "token").await?;
     let plan = charge.plan(deps, record)?;
     flow::run(deps, partner, ROUTE, &key, &canonical, plan).await
 }

@@ -12,11 +12,14 @@ pub mod payments;
 pub mod request;
 pub mod step_up;
 
+#[cfg(test)]
+mod fakes;
+
 use aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse};
 use shared::http::{self as h, ApiError};
 use shared::ids::{BackendToken, PartnerId};
 use shared::klarna::{KlarnaClient, KlarnaError};
-use shared::repo::Repository;
+use shared::repo::{PartnerStore, Repository, TokenStore};
 use shared::store::records::{PartnerRecord, PartnerStatus, TokenRecord};
 use shared::store::StoreError;
 use tracing::Instrument;
@@ -196,7 +199,7 @@ async fn route(
         .ok_or_else(|| ApiError::new(401, "unauthorized", "no partner identity"))?;
     tracing::Span::current().record("partner_id", partner_id.as_str());
     // The partner first, on every route: a disabled partner gets nothing, replays included.
-    let partner = &active_partner(deps, &partner_id).await?;
+    let partner = &active_partner(&deps.repo, &partner_id).await?;
     let path = h::path(req).to_owned();
     let route = Route::of(h::method(req), &path)
         .ok_or_else(|| ApiError::new(404, "route_not_found", "no such route"))?;
@@ -213,10 +216,10 @@ async fn route(
 
 /// The calling partner, if it is active.
 async fn active_partner(
-    deps: &Deps,
+    partners: &impl PartnerStore,
     partner_id: &PartnerId,
 ) -> Result<PartnerRecord, PartnerApiError> {
-    match deps.repo.partner(partner_id).await? {
+    match partners.partner(partner_id).await? {
         Some(p) if p.status == PartnerStatus::Active => Ok(p),
         _ => Err(ApiError::new(403, "partner_disabled", "partner is not active").into()),
     }
@@ -225,7 +228,7 @@ async fn active_partner(
 /// This partner's token named by a backend token the partner sent in `field`: 400 if it cannot
 /// be one, 404 if unknown (or another partner's: rule R6), 410 if revoked.
 pub(crate) async fn live_token(
-    deps: &Deps,
+    tokens: &impl TokenStore,
     partner: &PartnerRecord,
     raw: &str,
     field: &str,
@@ -233,8 +236,7 @@ pub(crate) async fn live_token(
     if !shared::payments::is_backend_token_shape(raw) {
         return Err(ApiError::bad_request("malformed token").field(field).into());
     }
-    let record = deps
-        .repo
+    let record = tokens
         .token(&partner.partner_id, &BackendToken::new(raw))
         .await?
         .ok_or_else(|| ApiError::not_found("token").field(field))?;
@@ -264,6 +266,9 @@ pub(crate) fn raw_json(status: u16, body: String) -> ApiGatewayV2httpResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fakes::{self, FakeStore};
+    use shared::domain::TokenState;
+    use std::sync::atomic::Ordering;
 
     #[test]
     fn routes_are_recognised_by_method_and_path() {
@@ -299,6 +304,88 @@ mod tests {
         ] {
             assert_eq!(Route::of(m, p), None, "{m} {p}");
         }
+    }
+
+    const TOKEN: &str = "apt_BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB";
+
+    fn refused(e: PartnerApiError) -> (u16, &'static str, Option<String>) {
+        let api = e.into_api_error();
+        (api.status, api.code, api.field)
+    }
+
+    #[tokio::test]
+    async fn only_an_active_partner_gets_through() {
+        let store = FakeStore::default()
+            .with_partner(fakes::partner("shop-a", PartnerStatus::Active))
+            .with_partner(fakes::partner("shop-off", PartnerStatus::Disabled));
+        let ok = active_partner(&store, &PartnerId::new("shop-a")).await;
+        assert_eq!(ok.unwrap().partner_id, PartnerId::new("shop-a"));
+        for refused_id in ["shop-off", "shop-unknown"] {
+            let e = active_partner(&store, &PartnerId::new(refused_id))
+                .await
+                .unwrap_err();
+            assert_eq!(refused(e), (403, "partner_disabled", None), "{refused_id}");
+        }
+        store.outage.store(true, Ordering::SeqCst);
+        let e = active_partner(&store, &PartnerId::new("shop-a"))
+            .await
+            .unwrap_err();
+        let (status, code, _) = refused(e);
+        assert_eq!((status, code), (503, "temporarily_unavailable"));
+    }
+
+    #[tokio::test]
+    async fn a_live_token_is_this_partners_and_not_revoked() {
+        let shop_a = fakes::partner("shop-a", PartnerStatus::Active);
+        let store =
+            FakeStore::default().with_token(TOKEN, fakes::token("shop-a", TokenState::Active));
+        let t = live_token(&store, &shop_a, TOKEN, "token").await.unwrap();
+        assert_eq!(t.partner_id, shop_a.partner_id);
+        // Another partner holding the same backend token string finds nothing (R6): 404, not 403.
+        let shop_b = fakes::partner("shop-b", PartnerStatus::Active);
+        let e = live_token(&store, &shop_b, TOKEN, "token")
+            .await
+            .unwrap_err();
+        assert_eq!(refused(e), (404, "not_found", Some("token".into())));
+        let other = TOKEN.replace('B', "C");
+        let e = live_token(&store, &shop_a, &other, "token")
+            .await
+            .unwrap_err();
+        assert_eq!(refused(e), (404, "not_found", Some("token".into())));
+    }
+
+    #[tokio::test]
+    async fn a_revoked_token_is_gone() {
+        let shop_a = fakes::partner("shop-a", PartnerStatus::Active);
+        let store =
+            FakeStore::default().with_token(TOKEN, fakes::token("shop-a", TokenState::Revoked));
+        let e = live_token(&store, &shop_a, TOKEN, "token")
+            .await
+            .unwrap_err();
+        assert_eq!(refused(e), (410, "token_revoked", Some("token".into())));
+    }
+
+    #[tokio::test]
+    async fn a_malformed_token_is_refused_without_a_lookup() {
+        let shop_a = fakes::partner("shop-a", PartnerStatus::Active);
+        let store =
+            FakeStore::default().with_token(TOKEN, fakes::token("shop-a", TokenState::Active));
+        let long = format!("{TOKEN}B");
+        for bad in [
+            "",
+            "apt_short",
+            &TOKEN[1..],
+            long.as_str(),
+            "apt_BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB/",
+        ] {
+            let e = live_token(&store, &shop_a, bad, "token").await.unwrap_err();
+            assert_eq!(
+                refused(e),
+                (400, "invalid_request", Some("token".into())),
+                "{bad}"
+            );
+        }
+        assert_eq!(store.reads(), 0, "nothing is looked up for a refused token");
     }
 
     #[test]

@@ -151,7 +151,7 @@ pub async fn payment_methods(
     let klarna_token = match &query.token {
         None => None,
         Some(t) => {
-            let record = crate::live_token(deps, partner, t, "token").await?;
+            let record = crate::live_token(&deps.repo, partner, t, "token").await?;
             Some(deps.repo.klarna_token(&record)?)
         }
     };

@@ -9,7 +9,8 @@ use shared::domain::PaymentKind;
 use shared::http::{self as h, ApiError};
 use shared::ids::PaymentId;
 use shared::payments::PaymentView;
-use shared::store::records::PartnerRecord;
+use shared::repo::PaymentStore;
+use shared::store::records::{PartnerRecord, PaymentRecord};
 
 /// `POST /v1/payments`.
 pub async fn create(
@@ -97,12 +98,21 @@ pub async fn get(
     partner: &PartnerRecord,
     id: &str,
 ) -> Result<ApiGatewayV2httpResponse, PartnerApiError> {
-    let p = deps
-        .repo
+    let p = load(&deps.repo, partner, id).await?;
+    Ok(h::json_response(200, &PaymentView::of(&p, None)))
+}
+
+/// This partner's payment named by a path id: 404 if it cannot be one (without a lookup), is
+/// unknown, or is another partner's (rule R6).
+pub(crate) async fn load(
+    payments: &impl PaymentStore,
+    partner: &PartnerRecord,
+    id: &str,
+) -> Result<PaymentRecord, PartnerApiError> {
+    payments
         .payment(&partner.partner_id, &payment_id(id)?)
         .await?
-        .ok_or_else(|| ApiError::not_found("payment"))?;
-    Ok(h::json_response(200, &PaymentView::of(&p, None)))
+        .ok_or_else(|| ApiError::not_found("payment").into())
 }
 
 /// A payment id from a path: one that cannot be ours is simply not found.
@@ -120,6 +130,9 @@ pub(crate) fn payment_id(id: &str) -> Result<PaymentId, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fakes::{self, FakeStore};
+    use shared::domain::PaymentState;
+    use shared::store::records::PartnerStatus;
 
     #[test]
     fn a_token_creation_asks_klarna_for_the_token_and_a_handover() {
@@ -148,6 +161,35 @@ mod tests {
             .err()
             .unwrap();
         assert_eq!((e.status, e.field.as_deref()), (400, Some("amount")));
+    }
+
+    #[tokio::test]
+    async fn a_payment_is_found_only_by_its_own_partner() {
+        let shop_a = fakes::partner("shop-a", PartnerStatus::Active);
+        let shop_b = fakes::partner("shop-b", PartnerStatus::Active);
+        let store = FakeStore::default().with_payment(fakes::payment(
+            "shop-a",
+            "pay_1",
+            PaymentState::Authorized,
+        ));
+        let p = load(&store, &shop_a, "pay_1").await.unwrap();
+        assert_eq!(p.state, PaymentState::Authorized);
+        // Another partner's payment does not exist for it (R6): 404, never 403.
+        for (partner, id) in [(&shop_b, "pay_1"), (&shop_a, "pay_2")] {
+            let e = load(&store, partner, id)
+                .await
+                .unwrap_err()
+                .into_api_error();
+            assert_eq!((e.status, e.code), (404, "not_found"), "{id}");
+        }
+        let reads = store.reads();
+        let e = load(&store, &shop_a, "../pay_1").await.unwrap_err();
+        assert_eq!(e.into_api_error().status, 404);
+        assert_eq!(
+            store.reads(),
+            reads,
+            "an id that cannot be ours is not looked up"
+        );
     }
 
     #[test]

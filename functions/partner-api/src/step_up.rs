@@ -3,7 +3,7 @@
 //! opened the journey. Klarna is asked first; the payment then follows through the aggregate.
 
 use crate::methods::klarna_refusal;
-use crate::payments::payment_id;
+use crate::payments::load;
 use crate::{request, Deps, PartnerApiError};
 use aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse};
 use chrono::Utc;
@@ -19,17 +19,6 @@ use shared::store::records::{PartnerRecord, PaymentRecord};
 
 /// Attempts when Klarna's own webhook or the journey's progress is recorded concurrently.
 const ATTEMPTS: usize = 5;
-
-async fn load(
-    deps: &Deps,
-    partner: &PartnerRecord,
-    id: &str,
-) -> Result<PaymentRecord, PartnerApiError> {
-    deps.repo
-        .payment(&partner.partner_id, &payment_id(id)?)
-        .await?
-        .ok_or_else(|| ApiError::not_found("payment").into())
-}
 
 fn not_pending(p: &PaymentRecord, action: &str) -> PartnerApiError {
     let why = match p.state {
@@ -70,7 +59,7 @@ pub async fn cancel(
     partner: &PartnerRecord,
     id: &str,
 ) -> Result<ApiGatewayV2httpResponse, PartnerApiError> {
-    let payment = load(deps, partner, id).await?;
+    let payment = load(&deps.repo, partner, id).await?;
     if payment.state == PaymentState::Canceled {
         return Ok(view(&payment));
     }
@@ -84,7 +73,7 @@ pub async fn cancel(
             return Err(e.into());
         }
         // Klarna refuses when the journey moved on (completed, expired): say what we know now.
-        let now = load(deps, partner, id).await?;
+        let now = load(&deps.repo, partner, id).await?;
         tracing::info!(code = e.error_code(), state = %now.state, "Klarna refused the cancel");
         return Err(match now.state {
             PaymentState::StepUpPending => klarna_refusal(&e).into(),
@@ -105,7 +94,7 @@ pub async fn cancel(
             }
             // Klarna's `canceled` webhook may have recorded it first, or the journey moved on.
             Err(CommitError::Raced | CommitError::Duplicate) => {
-                current = load(deps, partner, id).await?
+                current = load(&deps.repo, partner, id).await?
             }
             Err(CommitError::Store(e)) => return Err(e.into()),
         }
@@ -188,7 +177,7 @@ pub async fn update(
     req: &ApiGatewayV2httpRequest,
 ) -> Result<ApiGatewayV2httpResponse, PartnerApiError> {
     let update = Update::parse(&h::body_bytes(req, crate::BODY_LIMIT)?)?;
-    let payment = load(deps, partner, id).await?;
+    let payment = load(&deps.repo, partner, id).await?;
     let pr = update.check(&payment)?;
     if let Err(e) = deps
         .klarna
@@ -243,7 +232,7 @@ async fn record_update(
                 return Ok(view(&done.next));
             }
             Err(CommitError::Raced | CommitError::Duplicate) => {
-                current = load(deps, partner, id).await?
+                current = load(&deps.repo, partner, id).await?
             }
             Err(CommitError::Store(e)) => return Err(e.into()),
         }

@@ -8,6 +8,7 @@ use aws_lambda_events::apigw::{
 use shared::crypto::sha256_hex;
 use shared::http::PARTNER_ID_CONTEXT_KEY;
 use shared::ids::PartnerId;
+use shared::repo::PartnerStore;
 use shared::store::records::{ApiKeyRecord, PartnerStatus};
 use shared::store::StoreError;
 
@@ -96,7 +97,16 @@ pub async fn handle(
     deps: &Deps,
     req: ApiGatewayV2CustomAuthorizerV2Request,
 ) -> Result<ApiGatewayV2CustomAuthorizerSimpleResponse, AuthorizerError> {
-    let Some(key) = api_key(&req) else {
+    authorize(&deps.repo, &req).await
+}
+
+/// The request's API key, looked up by its hash, to API Gateway's answer. A request without a
+/// readable key is refused without a lookup.
+async fn authorize(
+    keys: &impl PartnerStore,
+    req: &ApiGatewayV2CustomAuthorizerV2Request,
+) -> Result<ApiGatewayV2CustomAuthorizerSimpleResponse, AuthorizerError> {
+    let Some(key) = api_key(req) else {
         tracing::info!(
             route = req.route_key.as_deref(),
             "refused: no bearer API key"
@@ -104,7 +114,7 @@ pub async fn handle(
         return Ok(response(&Verdict::Unknown));
     };
     let hash = sha256_hex(key.as_bytes());
-    let v = verdict(deps.repo.api_key(&hash).await?);
+    let v = verdict(keys.api_key(&hash).await?);
     // Logs name the partner or a prefix of the key's hash, never the key.
     match &v {
         Verdict::Authorized(p) => tracing::info!(partner_id = %p, "partner authorized"),
@@ -128,6 +138,10 @@ impl From<AuthorizerError> for lambda_runtime::Diagnostic {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shared::store::records::PartnerRecord;
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Mutex;
 
     fn request(authorization: Option<&str>) -> ApiGatewayV2CustomAuthorizerV2Request {
         let mut req = ApiGatewayV2CustomAuthorizerV2Request::default();
@@ -160,6 +174,101 @@ mod tests {
         ] {
             assert_eq!(api_key(&request(refused)), None, "{refused:?}");
         }
+    }
+
+    /// API keys by their hash; can fail like an unreachable store, and counts its lookups.
+    #[derive(Default)]
+    struct FakeKeys {
+        by_hash: Mutex<HashMap<String, ApiKeyRecord>>,
+        lookups: AtomicUsize,
+        outage: AtomicBool,
+    }
+
+    impl FakeKeys {
+        fn with_key(self, api_key: &str, record: ApiKeyRecord) -> Self {
+            let hash = sha256_hex(api_key.as_bytes());
+            self.by_hash.lock().unwrap().insert(hash, record);
+            self
+        }
+    }
+
+    impl PartnerStore for FakeKeys {
+        async fn partner(&self, _id: &PartnerId) -> Result<Option<PartnerRecord>, StoreError> {
+            unimplemented!("the authorizer reads API keys only")
+        }
+
+        async fn api_key(&self, key_hash: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
+            self.lookups.fetch_add(1, Ordering::SeqCst);
+            if self.outage.load(Ordering::SeqCst) {
+                return Err(StoreError::Unavailable("fake outage".into()));
+            }
+            Ok(self.by_hash.lock().unwrap().get(key_hash).cloned())
+        }
+    }
+
+    const LIVE: &str = "kbk_live_key";
+    const OFF: &str = "kbk_disabled_key";
+
+    fn keys() -> FakeKeys {
+        let mut off = key(PartnerStatus::Disabled);
+        off.partner_id = PartnerId::new("shop-off");
+        FakeKeys::default()
+            .with_key(LIVE, key(PartnerStatus::Active))
+            .with_key(OFF, off)
+    }
+
+    async fn authorize_bearer(
+        keys: &FakeKeys,
+        api_key: &str,
+    ) -> ApiGatewayV2CustomAuthorizerSimpleResponse {
+        authorize(keys, &request(Some(&format!("Bearer {api_key}"))))
+            .await
+            .expect("no store fault")
+    }
+
+    #[tokio::test]
+    async fn an_active_partners_key_is_authorized_with_its_partner_id() {
+        let keys = keys();
+        let r = authorize_bearer(&keys, LIVE).await;
+        assert!(r.is_authorized);
+        assert_eq!(
+            r.context,
+            serde_json::json!({ PARTNER_ID_CONTEXT_KEY: "shop-a" })
+        );
+    }
+
+    #[tokio::test]
+    async fn unknown_and_disabled_keys_are_unauthorized_without_a_partner() {
+        let keys = keys();
+        for refused in [OFF, "kbk_unknown", &LIVE[..LIVE.len() - 1]] {
+            let r = authorize_bearer(&keys, refused).await;
+            assert!(!r.is_authorized, "{refused}");
+            assert_eq!(r.context, serde_json::Value::Null, "{refused}");
+        }
+        assert_eq!(keys.lookups.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_request_without_a_bearer_key_is_refused_without_a_lookup() {
+        let keys = keys();
+        for header in [None, Some(LIVE), Some("Basic a2V5OnNlY3JldA==")] {
+            let r = authorize(&keys, &request(header)).await.unwrap();
+            assert!(!r.is_authorized, "{header:?}");
+        }
+        assert_eq!(keys.lookups.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn a_store_fault_is_an_error_not_a_refusal() {
+        let keys = keys();
+        keys.outage.store(true, Ordering::SeqCst);
+        let e = authorize(&keys, &request(Some(&format!("Bearer {LIVE}"))))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, AuthorizerError::Store(s) if s.is_retryable()),
+            "{e}"
+        );
     }
 
     fn key(status: PartnerStatus) -> ApiKeyRecord {

@@ -10,10 +10,13 @@ use shared::http::{self as h, ApiError};
 use shared::ids::*;
 use shared::klarna::{unconfirmed, KlarnaClient, KlarnaError, TokenIntrospection};
 use shared::payments;
-use shared::repo::CommitError;
+use shared::repo::{CommitError, PartnerStore, TokenStore};
 use shared::store::records::{PartnerRecord, PartnerStatus, TokenRecord};
 use shared::store::StoreError;
 use tracing::Instrument;
+
+#[cfg(test)]
+mod fakes;
 
 /// Klarna accepts customer tokens of at most 1024 characters; ours are far shorter.
 pub const MAX_TOKEN_LEN: usize = 1024;
@@ -173,14 +176,9 @@ async fn route(
         .ok_or_else(|| ApiError::new(401, "unauthorized", "no partner identity"))?;
     tracing::Span::current().record("partner_id", partner_id.as_str());
     // Partner first: a disabled partner learns nothing of routes or tokens.
-    let partner = active_partner(deps, &partner_id).await?;
+    let partner = active_partner(&deps.repo, &partner_id).await?;
     let (action, token) = parse_route(h::method(req), h::path(req))?;
-    // Unknown and another partner's token look the same (rule R6); Klarna is not called.
-    let record = deps
-        .repo
-        .token(&partner_id, &token)
-        .await?
-        .ok_or_else(|| ApiError::not_found("token").field("token"))?;
+    let record = find_token(&deps.repo, &partner_id, &token).await?;
     tracing::Span::current().record("token_id", record.token_id.as_str());
     if record.state == TokenState::Revoked {
         // Known revoked: Klarna is not asked again; a second revoke is the same answer and no
@@ -195,13 +193,28 @@ async fn route(
 }
 
 /// The partner of the request, if it is active (an unknown partner is refused the same way).
-async fn active_partner(deps: &Deps, id: &PartnerId) -> Result<PartnerRecord, TokenError> {
-    Ok(deps
-        .repo
+async fn active_partner(
+    partners: &impl PartnerStore,
+    id: &PartnerId,
+) -> Result<PartnerRecord, TokenError> {
+    Ok(partners
         .partner(id)
         .await?
         .filter(|p| p.status == PartnerStatus::Active)
         .ok_or_else(|| ApiError::new(403, "partner_disabled", "partner is not active"))?)
+}
+
+/// The partner's token: unknown and another partner's token look the same (rule R6), a 404;
+/// Klarna is not called.
+async fn find_token(
+    tokens: &impl TokenStore,
+    partner_id: &PartnerId,
+    token: &BackendToken,
+) -> Result<TokenRecord, TokenError> {
+    Ok(tokens
+        .token(partner_id, token)
+        .await?
+        .ok_or_else(|| ApiError::not_found("token").field("token"))?)
 }
 
 /// What Klarna's introspection says of a token.
@@ -315,8 +328,10 @@ async fn revoke(
     klarna_token: CustomerToken,
 ) -> Result<ApiGatewayV2httpResponse, TokenError> {
     // One request per token calls Klarna: the others wait for its outcome.
-    let Some(leased) = take_revoke_lease(deps, &record).await? else {
-        return wait_for_revocation(deps, &record).await;
+    let owner =
+        shared::crypto::random_token("lease_").map_err(|e| StoreError::Data(e.to_string()))?;
+    let Some(leased) = take_revoke_lease(&deps.repo, &record, owner).await? else {
+        return wait_for_revocation(&deps.repo, &record).await;
     };
     let called = deps
         .klarna
@@ -329,7 +344,7 @@ async fn revoke(
     if outcome.is_err() {
         // The partner's retry must not wait for our lease: Klarna's revoke can be asked again
         // (a revoked token answers "revoked", which marks it here).
-        release_revoke_lease(deps, &leased).await;
+        release_revoke_lease(&deps.repo, &leased).await;
     }
     outcome
 }
@@ -359,25 +374,24 @@ fn without_lease(leased: &TokenRecord) -> TokenRecord {
     released
 }
 
-/// Takes the revoke lease (a write conditional on the version read). `None` when another request
-/// holds it or moved the token first.
+/// Takes the revoke lease for `owner` (a write conditional on the version read). `None` when
+/// another request holds it or moved the token first.
 async fn take_revoke_lease(
-    deps: &Deps,
+    tokens: &impl TokenStore,
     record: &TokenRecord,
+    owner: String,
 ) -> Result<Option<TokenRecord>, TokenError> {
     let now = Utc::now();
     if lease_held(record, now.timestamp_millis()) {
         return Ok(None);
     }
-    let owner =
-        shared::crypto::random_token("lease_").map_err(|e| StoreError::Data(e.to_string()))?;
     let leased = with_lease(record, owner, (now + REVOKE_LEASE).timestamp_millis());
-    match deps.repo.put_token(&leased, record.version).await {
+    match tokens.put_token(&leased, record.version).await {
         Ok(()) => Ok(Some(leased)),
         Err(e) if e.is_conflict() => Ok(None),
         Err(e) => {
             // The write may have been applied with its answer lost: if the lease is ours, hold it.
-            match deps.repo.reload_token(record).await? {
+            match tokens.reload_token(record).await? {
                 Some(c) if c.revoke_lease_owner == leased.revoke_lease_owner => Ok(Some(c)),
                 _ => Err(e.into()),
             }
@@ -386,9 +400,8 @@ async fn take_revoke_lease(
 }
 
 /// Gives the lease back after a failed request, so the partner's retry need not wait for it.
-async fn release_revoke_lease(deps: &Deps, leased: &TokenRecord) {
-    match deps
-        .repo
+async fn release_revoke_lease(tokens: &impl TokenStore, leased: &TokenRecord) {
+    match tokens
         .put_token(&without_lease(leased), leased.version)
         .await
     {
@@ -403,13 +416,12 @@ async fn release_revoke_lease(deps: &Deps, leased: &TokenRecord) {
 
 /// Answers a revoke that lost the lease with the outcome of the one that holds it.
 async fn wait_for_revocation(
-    deps: &Deps,
+    tokens: &impl TokenStore,
     record: &TokenRecord,
 ) -> Result<ApiGatewayV2httpResponse, TokenError> {
     let deadline = std::time::Instant::now() + REVOKE_WAIT;
     loop {
-        let current = deps
-            .repo
+        let current = tokens
             .reload_token(record)
             .await?
             .ok_or_else(|| ApiError::not_found("token").field("token"))?;
@@ -465,7 +477,10 @@ async fn mark_revoked(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fakes::{self, FakeStore, PutFault};
     use shared::klarna::KlarnaErrorBody;
+    use std::sync::Arc;
+    use std::time::Instant;
 
     const TOKEN: &str = "apt_BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB";
 
@@ -628,6 +643,225 @@ mod tests {
             (None, None)
         );
         assert_eq!(released.state, TokenState::Active);
+    }
+
+    // --- the steps over the store, with the in-memory stand-in --------------------------------
+
+    fn body(r: &ApiGatewayV2httpResponse) -> serde_json::Value {
+        match &r.body {
+            Some(aws_lambda_events::encodings::Body::Text(t)) => serde_json::from_str(t).unwrap(),
+            other => panic!("not a JSON answer: {other:?}"),
+        }
+    }
+
+    /// A token whose revoke lease `owner` holds for the next 20 seconds, as its write left it.
+    fn leased_by(t: &TokenRecord, owner: &str) -> TokenRecord {
+        let until = (Utc::now() + REVOKE_LEASE).timestamp_millis();
+        with_lease(t, owner.into(), until)
+    }
+
+    #[tokio::test]
+    async fn only_an_active_partner_is_served() {
+        let store = FakeStore::default()
+            .with_partner(fakes::partner("shop", PartnerStatus::Active))
+            .with_partner(fakes::partner("shop-off", PartnerStatus::Disabled));
+        let p = active_partner(&store, &PartnerId::new("shop"))
+            .await
+            .unwrap();
+        assert_eq!(p.partner_id, PartnerId::new("shop"));
+        for id in ["shop-off", "shop-unknown"] {
+            let e = active_partner(&store, &PartnerId::new(id))
+                .await
+                .unwrap_err();
+            assert_eq!(refused_with(e), (403, "partner_disabled"), "{id}");
+        }
+    }
+
+    #[tokio::test]
+    async fn another_partners_token_is_not_found() {
+        let store = FakeStore::default();
+        store.insert_token(TOKEN, fakes::token("shop", TokenState::Active));
+        let token = BackendToken::new(TOKEN);
+        let own = find_token(&store, &PartnerId::new("shop"), &token).await;
+        assert_eq!(own.unwrap().token_id, TokenId::new("tok_1"));
+        // The same backend token string under another partner is nothing (R6): 404, not 403.
+        let theirs = find_token(&store, &PartnerId::new("shop-b"), &token).await;
+        match theirs.unwrap_err() {
+            TokenError::Refused(api) => {
+                assert_eq!((api.status, api.code), (404, "not_found"));
+                assert_eq!(api.field.as_deref(), Some("token"));
+            }
+            other => panic!("not a refusal: {other}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_free_lease_is_taken_for_our_owner_one_version_on() {
+        let store = FakeStore::default();
+        let t = store.insert_token(TOKEN, fakes::token("shop", TokenState::Active));
+        let leased = take_revoke_lease(&store, &t, "lease_me".into())
+            .await
+            .unwrap();
+        let leased = leased.expect("nobody else holds it");
+        assert_eq!(leased.revoke_lease_owner.as_deref(), Some("lease_me"));
+        assert_eq!(store.current(&t), leased);
+        assert_eq!(leased.version, t.version + 1);
+        // A lapsed lease is nobody's: it is taken over.
+        let lapsed = TokenRecord {
+            revoke_lease_owner: Some("lease_gone".into()),
+            revoke_lease_until_ms: Some(1),
+            ..leased
+        };
+        store.overwrite(&lapsed);
+        let taken = take_revoke_lease(&store, &lapsed, "lease_me".into()).await;
+        assert!(taken.unwrap().is_some(), "a lapsed lease is taken over");
+    }
+
+    #[tokio::test]
+    async fn a_lost_answer_to_our_own_lease_write_still_gives_us_the_lease() {
+        let store = FakeStore::default();
+        let t = store.insert_token(TOKEN, fakes::token("shop", TokenState::Active));
+        store.fail_puts(&[PutFault::AppliedAnswerLost]);
+        let leased = take_revoke_lease(&store, &t, "lease_me".into())
+            .await
+            .unwrap();
+        let leased = leased.expect("the re-read finds our owner: we hold it");
+        assert_eq!(leased.revoke_lease_owner.as_deref(), Some("lease_me"));
+        assert_eq!(leased, store.current(&t));
+    }
+
+    #[tokio::test]
+    async fn a_lease_write_that_did_not_apply_is_a_fault_to_retry() {
+        let store = FakeStore::default();
+        let t = store.insert_token(TOKEN, fakes::token("shop", TokenState::Active));
+        store.fail_puts(&[PutFault::Unavailable]);
+        let e = take_revoke_lease(&store, &t, "lease_me".into())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, TokenError::Store(s) if s.is_retryable()),
+            "{e}"
+        );
+        assert_eq!(store.current(&t), t, "nothing was written");
+    }
+
+    #[tokio::test]
+    async fn a_version_conflict_means_someone_else_has_the_lease() {
+        let store = FakeStore::default();
+        let read = store.insert_token(TOKEN, fakes::token("shop", TokenState::Active));
+        // Another request took the lease after we read the token: our write's condition fails.
+        let theirs = leased_by(&read, "lease_other");
+        store.overwrite(&theirs);
+        let taken = take_revoke_lease(&store, &read, "lease_me".into()).await;
+        assert!(taken.unwrap().is_none());
+        assert_eq!(store.current(&read), theirs, "their lease stands");
+        // The same when the store reports the conflict itself.
+        let store = FakeStore::default();
+        let read = store.insert_token(TOKEN, fakes::token("shop", TokenState::Active));
+        store.fail_puts(&[PutFault::Conflict]);
+        let taken = take_revoke_lease(&store, &read, "lease_me".into()).await;
+        assert!(taken.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_live_lease_held_by_someone_else_makes_us_wait_then_409() {
+        let store = FakeStore::default();
+        let t = store.insert_token(TOKEN, fakes::token("shop", TokenState::Active));
+        let theirs = leased_by(&t, "lease_other");
+        store.overwrite(&theirs);
+        let taken = take_revoke_lease(&store, &theirs, "lease_me".into()).await;
+        assert!(taken.unwrap().is_none());
+        assert_eq!(store.puts(), 0, "a held lease is not even tried");
+        let started = Instant::now();
+        let e = wait_for_revocation(&store, &theirs).await.unwrap_err();
+        let waited = started.elapsed();
+        assert!(waited >= REVOKE_WAIT, "it waited for the holder");
+        let bound = REVOKE_WAIT + std::time::Duration::from_secs(1);
+        assert!(
+            waited < bound,
+            "then answered, long before the lease lapses"
+        );
+        assert!(store.reads() > 2, "it looked again while waiting");
+        match e {
+            TokenError::Refused(api) => {
+                assert_eq!((api.status, api.code), (409, "revocation_in_progress"));
+                assert_eq!(api.retry_after, Some(1));
+            }
+            other => panic!("not a refusal: {other}"),
+        }
+        assert_eq!(store.current(&t), theirs, "the waiter wrote nothing");
+    }
+
+    #[tokio::test]
+    async fn a_waiting_revoke_answers_with_the_holders_outcome() {
+        let store = Arc::new(FakeStore::default());
+        let t = store.insert_token(TOKEN, fakes::token("shop", TokenState::Active));
+        let theirs = leased_by(&t, "lease_other");
+        store.overwrite(&theirs);
+        let holder = Arc::clone(&store);
+        let revoked = shared::domain::token::revoke(&theirs, "REVOKED_BY_PARTNER", Utc::now());
+        let revoked = revoked.expect("an active token revokes");
+        let finishing = tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            holder.overwrite(&revoked);
+        });
+        let started = Instant::now();
+        let r = wait_for_revocation(&*store, &theirs).await.unwrap();
+        finishing.await.unwrap();
+        assert!(started.elapsed() < REVOKE_WAIT);
+        assert_eq!(r.status_code, 200);
+        let b = body(&r);
+        assert_eq!(
+            (b["status"].as_str(), b["revoked_reason"].as_str()),
+            (Some("revoked"), Some("REVOKED_BY_PARTNER"))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_released_lease_is_not_waited_for_and_can_be_taken_again() {
+        let store = FakeStore::default();
+        let t = store.insert_token(TOKEN, fakes::token("shop", TokenState::Active));
+        let leased = take_revoke_lease(&store, &t, "lease_me".into())
+            .await
+            .unwrap();
+        release_revoke_lease(&store, &leased.unwrap()).await;
+        let now = store.current(&t);
+        assert_eq!(
+            (now.revoke_lease_owner.as_deref(), now.version),
+            (None, t.version + 2)
+        );
+        // A revoke that lost the race to a holder that has given up answers at once.
+        let started = Instant::now();
+        let e = wait_for_revocation(&store, &t).await.unwrap_err();
+        assert!(started.elapsed() < REVOKE_WAIT);
+        assert_eq!(refused_with(e), (409, "revocation_in_progress"));
+        // The partner's retry takes the lease without waiting for it to lapse.
+        let again = take_revoke_lease(&store, &now, "lease_retry".into()).await;
+        assert!(again.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn releasing_a_lease_leaves_a_token_that_moved_on_alone() {
+        let store = FakeStore::default();
+        let t = store.insert_token(TOKEN, fakes::token("shop", TokenState::Active));
+        let leased = take_revoke_lease(&store, &t, "lease_me".into())
+            .await
+            .unwrap();
+        let leased = leased.unwrap();
+        // Our own revoke was applied, its answer lost: the token is revoked one version on.
+        let revoked = shared::domain::token::revoke(&leased, "REVOKED_BY_PARTNER", Utc::now());
+        store.overwrite(&revoked.unwrap());
+        release_revoke_lease(&store, &leased).await;
+        assert_eq!(store.current(&t).state, TokenState::Revoked);
+        // A release that cannot be written leaves the lease to lapse by itself.
+        let store = FakeStore::default();
+        let t = store.insert_token(TOKEN, fakes::token("shop", TokenState::Active));
+        let leased = take_revoke_lease(&store, &t, "lease_me".into())
+            .await
+            .unwrap();
+        store.fail_puts(&[PutFault::Unavailable]);
+        release_revoke_lease(&store, leased.as_ref().unwrap()).await;
+        assert_eq!(Some(store.current(&t)), leased);
     }
 
     #[test]
