@@ -7,6 +7,11 @@ use crate::klarna::{KlarnaClient, KlarnaClientConfig, RetryPolicy};
 use crate::store::Store;
 use std::time::Duration;
 
+pub use aws_config::SdkConfig;
+
+/// What building a function's dependencies gives: them, or why the container cannot start.
+pub type Wired<T> = Result<T, BootstrapError>;
+
 /// How long a secret fetched from Secrets Manager is trusted before it is read again.
 pub const SECRET_TTL: Duration = Duration::from_secs(300);
 
@@ -113,5 +118,21 @@ impl KlarnaConfig {
             request_timeout: self.request_timeout,
             retry: self.retry,
         })?)
+    }
+}
+
+/// The configuration of a function that needs only the table and Klarna.
+#[derive(Clone, Debug)]
+pub struct KlarnaFunctionConfig {
+    pub store: StoreConfig,
+    pub klarna: KlarnaConfig,
+}
+
+impl KlarnaFunctionConfig {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Ok(Self {
+            store: StoreConfig::from_env()?,
+            klarna: KlarnaConfig::from_env()?,
+        })
     }
 }

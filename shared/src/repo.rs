@@ -16,12 +16,8 @@ use crate::store::{Store, StoreError};
 use chrono::{DateTime, Duration, Utc};
 
 mod capabilities;
-// Methods grouped by the functions that use them; every group is part of `Repository`.
+// The outbox's stream side (the fan-out reads it).
 mod fanout;
-mod partner_api;
-mod step_up;
-mod tokens;
-mod webhook;
 
 pub use capabilities::{EventStore, PartnerStore, PaymentStore, TokenStore};
 
@@ -227,10 +223,8 @@ impl Repository {
         &self,
         p: &PaymentRecord,
     ) -> Result<Option<NetworkSessionToken>, StoreError> {
-        p.session_token_sealed
-            .as_deref()
-            .map(|s| self.open(s, &p.sk).map(NetworkSessionToken::new))
-            .transpose()
+        self.open_kept(&p.session_token_sealed, p)
+            .map(|t| t.map(NetworkSessionToken::new))
     }
 
     /// The customer token Klarna gave at completion, if the webhook carried it.
@@ -238,10 +232,17 @@ impl Repository {
         &self,
         p: &PaymentRecord,
     ) -> Result<Option<CustomerToken>, StoreError> {
-        p.completed_customer_token_sealed
-            .as_deref()
-            .map(|s| self.open(s, &p.sk).map(CustomerToken::new))
-            .transpose()
+        self.open_kept(&p.completed_customer_token_sealed, p)
+            .map(|t| t.map(CustomerToken::new))
+    }
+
+    /// A secret kept with a payment (sealed with the payment's key as associated data).
+    fn open_kept(
+        &self,
+        sealed: &Option<String>,
+        p: &PaymentRecord,
+    ) -> Result<Option<String>, StoreError> {
+        sealed.as_deref().map(|s| self.open(s, &p.sk)).transpose()
     }
 
     /// Commits a change with its effects and outbox items in one transaction, conditional on the

@@ -6,9 +6,12 @@
 //! aggregate decides ([`payment_event`]), the repository commits; nothing here knows a key.
 #![forbid(unsafe_code)]
 
+#[cfg(test)]
+mod fake;
 mod keys;
 mod payment_event;
 mod route;
+mod store;
 mod token_event;
 
 pub use keys::{KeyProvider, KeySource, SIGNING_KEYS_TTL};
@@ -17,12 +20,14 @@ pub use route::{verify_and_route, Routed, FUTURE_SKEW};
 use aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse};
 use chrono::{DateTime, Duration, Utc};
 use route::refuse;
+use shared::bootstrap::{SdkConfig, Wired};
 use shared::domain::aggregate::IllegalTransition;
 use shared::http::{self as h, ApiError};
 use shared::klarna::webhook::WebhookMetadata;
-use shared::repo::{CommitError, Repository};
+use shared::repo::{CommitError, EventStore, Repository};
 use shared::store::records::KlarnaEventOutcome;
 use shared::store::StoreError;
+use store::EventLog;
 use tracing::Instrument;
 
 /// Klarna's webhook bodies are small; refuse anything larger before reading it.
@@ -68,10 +73,7 @@ pub struct Deps {
 
 impl Deps {
     /// Once per container: clients and secrets, never per invocation.
-    pub async fn new(
-        config: Config,
-        sdk: &shared::aws::SdkConfig,
-    ) -> Result<Self, shared::bootstrap::BootstrapError> {
+    pub async fn new(config: Config, sdk: &SdkConfig) -> Wired<Self> {
         Ok(Self {
             repo: config.store.repository(sdk).await?,
             keys: KeyProvider::from_source(config.keys),
@@ -154,10 +156,11 @@ async fn process(
         now,
         deps.replay_window,
     )?;
+    let repo = &deps.repo;
     let delivery = |m| Delivery {
-        deps,
         metadata: m,
         body: &body,
+        replay_window: deps.replay_window,
         now,
     };
     match routed {
@@ -178,16 +181,16 @@ async fn process(
             change,
         } => {
             let d = delivery(&envelope.metadata);
-            payment_event::apply(&d, event, &change, &envelope.payload).await
+            payment_event::apply(repo, &d, event, &change, &envelope.payload).await
         }
         Routed::TokenRevoked { envelope, change } => {
-            token_event::apply(&delivery(&envelope.metadata), &change).await
+            token_event::apply(repo, &delivery(&envelope.metadata), &change).await
         }
         Routed::Unrouted(envelope) => {
             // Acknowledged so Klarna does not retry forever; kept for inspection.
             let d = delivery(&envelope.metadata);
-            if d.first_seen().await? {
-                d.keep_unmatched("unknown event type, version or payload")
+            if d.first_seen(repo).await? {
+                d.keep_unmatched(repo, "unknown event type, version or payload")
                     .await
             } else {
                 Ok(KlarnaEventOutcome::NoOp)
@@ -196,23 +199,25 @@ async fn process(
     }
 }
 
-/// One verified, fresh delivery of an event, and what records it.
+/// One verified, fresh delivery of an event; the steps that act on it take the store
+/// capabilities they need.
 pub(crate) struct Delivery<'a> {
-    pub deps: &'a Deps,
     pub metadata: &'a WebhookMetadata,
     pub body: &'a [u8],
+    /// How long its record must outlive the event.
+    pub replay_window: Duration,
     pub now: DateTime<Utc>,
 }
 
 impl Delivery<'_> {
     /// Names the event in the log, and whether this is its first delivery (a redelivery of a
     /// recorded event is acknowledged as it is).
-    pub async fn first_seen(&self) -> Result<bool, WebhookError> {
+    pub async fn first_seen(&self, events: &impl EventStore) -> Result<bool, WebhookError> {
         let m = self.metadata;
         let span = tracing::Span::current();
         span.record("event_id", m.event_id.as_str());
         span.record("event_type", m.event_type.as_str());
-        if self.deps.repo.event_seen(&m.event_id).await? {
+        if events.event_seen(&m.event_id).await? {
             tracing::info!("duplicate delivery");
             return Ok(false);
         }
@@ -222,24 +227,29 @@ impl Delivery<'_> {
     /// The record of this event with its outcome.
     pub fn record(
         &self,
+        log: &impl EventLog,
         outcome: KlarnaEventOutcome,
         payment_id: Option<shared::ids::PaymentId>,
         note: Option<&str>,
     ) -> shared::store::records::KlarnaEventRecord {
-        self.deps.repo.event_record(
+        log.event_record(
             self.metadata,
             outcome,
             payment_id,
             note,
-            self.deps.replay_window,
+            self.replay_window,
             self.now,
         )
     }
 
     /// Keeps an event nothing matches, with its body sealed for an operator.
-    pub async fn keep_unmatched(&self, why: &str) -> Result<KlarnaEventOutcome, WebhookError> {
-        let r = self.record(KlarnaEventOutcome::Unmatched, None, Some(why));
-        Ok(self.deps.repo.keep_event(r, Some(self.body)).await?)
+    pub async fn keep_unmatched(
+        &self,
+        log: &impl EventLog,
+        why: &str,
+    ) -> Result<KlarnaEventOutcome, WebhookError> {
+        let r = self.record(log, KlarnaEventOutcome::Unmatched, None, Some(why));
+        Ok(log.keep_event(r, Some(self.body)).await?)
     }
 }
 

@@ -16,6 +16,7 @@ pub mod step_up;
 mod fakes;
 
 use aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse};
+use shared::bootstrap::{SdkConfig, Wired};
 use shared::http::{self as h, ApiError};
 use shared::ids::{BackendToken, PartnerId};
 use shared::klarna::{KlarnaClient, KlarnaError};
@@ -66,10 +67,7 @@ pub struct Deps {
 
 impl Deps {
     /// Once per container: clients and secrets, never per invocation.
-    pub async fn new(
-        config: Config,
-        sdk: &shared::aws::SdkConfig,
-    ) -> Result<Self, shared::bootstrap::BootstrapError> {
+    pub async fn new(config: Config, sdk: &SdkConfig) -> Wired<Self> {
         Ok(Self {
             repo: config.store.repository(sdk).await?,
             klarna: config.klarna.client().await?,

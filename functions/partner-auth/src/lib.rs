@@ -5,6 +5,7 @@
 use aws_lambda_events::apigw::{
     ApiGatewayV2CustomAuthorizerSimpleResponse, ApiGatewayV2CustomAuthorizerV2Request,
 };
+use shared::bootstrap::{SdkConfig, Wired};
 use shared::crypto::sha256_hex;
 use shared::http::PARTNER_ID_CONTEXT_KEY;
 use shared::ids::PartnerId;
@@ -33,10 +34,7 @@ pub struct Deps {
 
 impl Deps {
     /// Once per container: clients and secrets, never per invocation.
-    pub async fn new(
-        config: Config,
-        sdk: &shared::aws::SdkConfig,
-    ) -> Result<Self, shared::bootstrap::BootstrapError> {
+    pub async fn new(config: Config, sdk: &SdkConfig) -> Wired<Self> {
         Ok(Self {
             repo: config.store.repository(sdk).await?,
         })

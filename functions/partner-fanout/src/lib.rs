@@ -15,6 +15,7 @@ use aws_lambda_events::event::streams::{DynamoDbBatchItemFailure, DynamoDbEventR
 use aws_sdk_sqs::operation::send_message_batch::SendMessageBatchOutput;
 use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
 use chrono::Utc;
+use shared::bootstrap::{SdkConfig, Wired};
 use shared::ids::PartnerId;
 use shared::notify::{self, NotificationType};
 use shared::store::records::{OutboxItem, OutboxKind, PartnerRecord};
@@ -52,10 +53,7 @@ pub struct Deps {
 
 impl Deps {
     /// Once per container: clients and secrets, never per invocation.
-    pub async fn new(
-        config: Config,
-        sdk: &shared::aws::SdkConfig,
-    ) -> Result<Self, shared::bootstrap::BootstrapError> {
+    pub async fn new(config: Config, sdk: &SdkConfig) -> Wired<Self> {
         Ok(Self {
             repo: config.store.repository(sdk).await?,
             sqs: aws_sdk_sqs::Client::new(sdk),

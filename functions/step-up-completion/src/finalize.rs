@@ -2,14 +2,15 @@
 //! needs (blocked without a usable session token, else Klarna's answer), and commit what the
 //! aggregate decides. The lease makes concurrent jobs for one payment one Klarna call.
 
-use crate::{fault, Deps, JobOutcome, StepUpError, FINALIZE_LEASE, SESSION_TOKEN_TTL};
+use crate::store::{JobStore, KlarnaCalls, PaymentCommits, PaymentSecrets};
+use crate::{fault, JobOutcome, StepUpError, FINALIZE_LEASE, SESSION_TOKEN_TTL};
 use chrono::{DateTime, Utc};
 use shared::domain::aggregate::{self, Decision, FinalizeBlock, Input, Stage, Unchanged};
 use shared::domain::Scope;
 use shared::ids::{CustomerToken, NetworkSessionToken, PaymentRequestId};
 use shared::klarna::types::session_token_of;
 use shared::klarna::{AuthorizeHeaders, AuthorizeRequest};
-use shared::repo::{CommitError, With};
+use shared::repo::{CommitError, PaymentStore, With};
 use shared::store::records::{FinalizeJob, PartnerRecord, PaymentRecord};
 
 /// Reads and decisions again after a lost race for the lease, before the job is retried later.
@@ -64,7 +65,8 @@ enum Lease {
 }
 
 pub(crate) async fn run(
-    deps: &Deps,
+    store: &impl JobStore,
+    klarna: &impl KlarnaCalls,
     job: &FinalizeJob,
     payment: PaymentRecord,
     now: DateTime<Utc>,
@@ -73,20 +75,20 @@ pub(crate) async fn run(
     let received = payment
         .session_token_received_at
         .unwrap_or(payment.updated_at);
-    let leased = match take_lease(deps, payment, now).await? {
+    let leased = match take_lease(store, payment, now).await? {
         Lease::Taken(p) => p,
         Lease::Done(outcome) => return Ok(outcome),
     };
-    let result = finalize(deps, job, &leased, received, now).await;
+    let result = finalize(store, klarna, job, &leased, received, now).await;
     if result.as_ref().is_err_and(StepUpError::is_retryable) {
         // The retry need not wait for the lease to lapse.
-        release(deps, &leased, now).await;
+        release(store, &leased, now).await;
     }
     result
 }
 
 async fn take_lease(
-    deps: &Deps,
+    store: &(impl PaymentStore + PaymentCommits),
     mut payment: PaymentRecord,
     now: DateTime<Utc>,
 ) -> Result<Lease, StepUpError> {
@@ -99,12 +101,13 @@ async fn take_lease(
                 return Ok(Lease::Done(JobOutcome::AlreadyDone(payment.state)))
             }
         };
-        match deps.repo.commit(*change, With::default(), now).await {
+        match store.commit(*change, With::default(), now).await {
             Ok(c) => return Ok(Lease::Taken(Box::new(c.next))),
             Err(CommitError::Raced) => {}
             Err(e) => return Err(fault(e)),
         }
-        payment = match deps.repo.reload(&payment).await? {
+        // Decide again from the record the other writer left.
+        payment = match store.reload(&payment).await? {
             Some(p) => p,
             None => return Ok(Lease::Done(JobOutcome::Poison)),
         };
@@ -114,30 +117,29 @@ async fn take_lease(
 
 /// Holding the lease: the input, then its commit.
 async fn finalize(
-    deps: &Deps,
+    store: &impl JobStore,
+    klarna: &impl KlarnaCalls,
     job: &FinalizeJob,
     leased: &PaymentRecord,
     received: DateTime<Utc>,
     now: DateTime<Utc>,
 ) -> Result<JobOutcome, StepUpError> {
-    let partner = deps
-        .repo
+    let partner = store
         .partner(&job.partner_id)
         .await?
         .ok_or_else(|| StepUpError::BadJob("partner is missing".into()))?;
-    let session = session_token(deps, &partner, leased).await?;
-    let session = match needs(session, received, now) {
+    let session = match input_needed(store, klarna, &partner, leased, received, now).await? {
         Needs::Blocked(block) => {
             let decision = aggregate::apply(leased, Input::FinalizeBlocked(block), now)?;
-            return commit(deps, leased, decision, now).await;
+            return commit(store, leased, decision, now).await;
         }
         Needs::Authorize(session) => session,
     };
     let (request, scopes) = final_request(
-        deps.repo.klarna_request(leased)?,
+        store.klarna_request(leased)?,
         leased.payment_request_id.clone(),
     );
-    let completed: Option<CustomerToken> = deps.repo.completed_customer_token(leased)?;
+    let completed: Option<CustomerToken> = store.completed_customer_token(leased)?;
     let headers = AuthorizeHeaders {
         idempotency_key: shared::idempotency::klarna_key(
             job.payment_id.as_str(),
@@ -146,8 +148,7 @@ async fn finalize(
         customer_token: None,
         network_session_token: Some(session),
     };
-    let answer = deps
-        .klarna
+    let answer = klarna
         .authorize(&partner.klarna_account_id, &request, &headers)
         .await;
     let input = Input::Authorize {
@@ -161,32 +162,45 @@ async fn finalize(
         Decision::Unchanged(Unchanged::KlarnaUnavailable) => {
             Err(answer.err().map_or(StepUpError::Busy, StepUpError::from))
         }
-        decision => commit(deps, leased, decision, now).await,
+        decision => commit(store, leased, decision, now).await,
     }
+}
+
+/// Which input the leased payment needs: its session token, and whether it is still usable.
+async fn input_needed(
+    secrets: &impl PaymentSecrets,
+    klarna: &impl KlarnaCalls,
+    partner: &PartnerRecord,
+    leased: &PaymentRecord,
+    received: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<Needs, StepUpError> {
+    let session = session_token(secrets, klarna, partner, leased).await?;
+    Ok(needs(session, received, now))
 }
 
 /// The token the webhook carried, else the one Klarna keeps with the payment request (under
 /// `state_context`).
 async fn session_token(
-    deps: &Deps,
+    secrets: &impl PaymentSecrets,
+    klarna: &impl KlarnaCalls,
     partner: &PartnerRecord,
     leased: &PaymentRecord,
 ) -> Result<Option<NetworkSessionToken>, StepUpError> {
-    if let Some(t) = deps.repo.session_token(leased)? {
+    if let Some(t) = secrets.session_token(leased)? {
         return Ok(Some(t));
     }
     let Some(pr) = &leased.payment_request_id else {
         return Ok(None);
     };
-    let request = deps
-        .klarna
+    let request = klarna
         .read_payment_request(&partner.klarna_account_id, pr)
         .await?;
     Ok(session_token_of(&request))
 }
 
 async fn commit(
-    deps: &Deps,
+    store: &(impl PaymentStore + PaymentCommits),
     leased: &PaymentRecord,
     decision: Decision,
     now: DateTime<Utc>,
@@ -198,7 +212,7 @@ async fn commit(
         }
         Decision::Unchanged(_) => return Ok(JobOutcome::AlreadyDone(leased.state)),
     };
-    match deps.repo.commit(*change, With::default(), now).await {
+    match store.commit(*change, With::default(), now).await {
         Ok(c) => {
             let next = &c.next;
             tracing::info!(to = %next.state, reason = next.reason.as_deref(), "payment finalized");
@@ -206,7 +220,7 @@ async fn commit(
         }
         // Our lease lapsed and another container finished: its outcome stands.
         Err(CommitError::Raced) => {
-            let current = deps.repo.reload(leased).await?;
+            let current = store.reload(leased).await?;
             Ok(JobOutcome::AlreadyDone(
                 current.map_or(shared::domain::PaymentState::Failed, |p| p.state),
             ))
@@ -216,11 +230,11 @@ async fn commit(
 }
 
 /// Gives the lease back after a retryable failure; if that fails, it lapses by itself.
-async fn release(deps: &Deps, leased: &PaymentRecord, now: DateTime<Utc>) {
+async fn release(commits: &impl PaymentCommits, leased: &PaymentRecord, now: DateTime<Utc>) {
     let Ok(Decision::Change(change)) = aggregate::apply(leased, Input::ReleaseFinalize, now) else {
         return;
     };
-    if let Err(e) = deps.repo.commit(*change, With::default(), now).await {
+    if let Err(e) = commits.commit(*change, With::default(), now).await {
         tracing::warn!(error = %e, "could not release the finalize lease; it lapses by itself");
     }
 }
@@ -228,7 +242,130 @@ async fn release(deps: &Deps, leased: &PaymentRecord, now: DateTime<Utc>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fake::{completed, job, Answer, FakeKlarna, FakeStore};
     use chrono::Duration;
+    use shared::domain::PaymentState::*;
+
+    async fn run_on(
+        store: &FakeStore,
+        klarna: &FakeKlarna,
+        now: DateTime<Utc>,
+    ) -> Result<JobOutcome, StepUpError> {
+        crate::run_job(store, klarna, &job("pay_1"), now).await
+    }
+
+    fn lease_until(now: DateTime<Utc>, s: i64) -> Option<i64> {
+        Some((now + Duration::seconds(s)).timestamp_millis())
+    }
+
+    #[tokio::test]
+    async fn a_job_for_a_payment_already_final_does_nothing() {
+        let now = Utc::now();
+        let mut p = completed("pay_1", now - Duration::minutes(1));
+        p.state = Authorized;
+        let store = FakeStore::holding(p.clone());
+        let klarna = FakeKlarna::answering(Answer::Approved);
+        let outcome = run_on(&store, &klarna, now).await.unwrap();
+        assert_eq!(outcome, JobOutcome::AlreadyDone(Authorized));
+        assert!(store.state().moves.is_empty(), "no lease, no change");
+        assert_eq!(klarna.calls(), 0);
+        assert_eq!(store.payment("pay_1"), p);
+    }
+
+    #[tokio::test]
+    async fn a_session_token_older_than_an_hour_fails_the_payment_without_calling_klarna() {
+        let now = Utc::now();
+        let completed_at = now - SESSION_TOKEN_TTL - Duration::minutes(1);
+        let store = FakeStore::holding(completed("pay_1", completed_at));
+        let klarna = FakeKlarna::answering(Answer::Approved);
+        let outcome = run_on(&store, &klarna, now).await.unwrap();
+        assert_eq!(outcome, JobOutcome::Finalized(Failed));
+        let p = store.payment("pay_1");
+        assert_eq!(p.state, Failed);
+        assert_eq!(p.reason.as_deref(), Some("SESSION_TOKEN_EXPIRED"));
+        assert_eq!(p.finalize_lease_until_ms, None);
+        assert_eq!(klarna.calls(), 0, "Klarna is not asked");
+    }
+
+    #[tokio::test]
+    async fn a_live_lease_makes_the_job_busy_and_retryable() {
+        let now = Utc::now();
+        let mut p = completed("pay_1", now - Duration::minutes(1));
+        p.finalize_lease_until_ms = lease_until(now, 10);
+        let store = FakeStore::holding(p.clone());
+        let klarna = FakeKlarna::answering(Answer::Approved);
+        let e = run_on(&store, &klarna, now).await.unwrap_err();
+        assert!(matches!(e, StepUpError::Busy), "{e}");
+        assert!(e.is_retryable(), "the job goes back to the queue");
+        assert_eq!(klarna.calls(), 0);
+        assert_eq!(
+            store.payment("pay_1"),
+            p,
+            "the other container's lease stands"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_lease_lost_to_another_container_is_decided_again_and_makes_the_job_busy() {
+        let now = Utc::now();
+        let store = FakeStore::holding(completed("pay_1", now - Duration::minutes(1)));
+        let theirs = lease_until(now, 30);
+        store.state().concurrent.push_back(Box::new(move |p| {
+            p.finalize_lease_until_ms = theirs;
+            p.version += 1;
+        }));
+        let klarna = FakeKlarna::answering(Answer::Approved);
+        let e = run_on(&store, &klarna, now).await.unwrap_err();
+        assert!(matches!(e, StepUpError::Busy), "{e}");
+        assert_eq!(klarna.calls(), 0);
+        assert!(store.state().moves.is_empty());
+        assert_eq!(store.payment("pay_1").finalize_lease_until_ms, theirs);
+    }
+
+    #[tokio::test]
+    async fn a_usable_session_token_is_authorized_once_with_the_payments_key() {
+        let now = Utc::now();
+        let store = FakeStore::holding(completed("pay_1", now - Duration::minutes(59)));
+        let klarna = FakeKlarna::answering(Answer::Approved);
+        let outcome = run_on(&store, &klarna, now).await.unwrap();
+        assert_eq!(outcome, JobOutcome::Finalized(Authorized));
+        // The job delivered again finds the payment final.
+        let again = run_on(&store, &klarna, now).await.unwrap();
+        assert_eq!(again, JobOutcome::AlreadyDone(Authorized));
+        let key = shared::idempotency::klarna_key("pay_1", "authorize-final");
+        assert_eq!(
+            *klarna.authorized.lock().unwrap(),
+            [(key, Some("nst-1".to_owned()), false)],
+            "one final authorize, with the session token and without step_up_config"
+        );
+        let p = store.payment("pay_1");
+        assert_eq!((p.state, p.finalize_lease_until_ms), (Authorized, None));
+    }
+
+    #[tokio::test]
+    async fn klarna_unreachable_sends_the_job_back_with_the_lease_released() {
+        let now = Utc::now();
+        let store = FakeStore::holding(completed("pay_1", now - Duration::minutes(1)));
+        let klarna = FakeKlarna::answering(Answer::Unreachable);
+        let e = run_on(&store, &klarna, now).await.unwrap_err();
+        assert!(
+            matches!(e, StepUpError::Klarna(_)) && e.is_retryable(),
+            "{e}"
+        );
+        let p = store.payment("pay_1");
+        assert_eq!(p.state, StepUpCompleted);
+        assert_eq!(p.finalize_lease_until_ms, None, "the retry need not wait");
+        assert_eq!(klarna.calls(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_job_for_a_payment_that_is_not_there_is_dropped() {
+        let store = FakeStore::default();
+        let klarna = FakeKlarna::answering(Answer::Approved);
+        let outcome = run_on(&store, &klarna, Utc::now()).await.unwrap();
+        assert_eq!(outcome, JobOutcome::Poison);
+        assert_eq!(klarna.calls(), 0);
+    }
 
     #[test]
     fn a_payment_needs_a_session_token_younger_than_an_hour() {

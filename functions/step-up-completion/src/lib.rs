@@ -6,16 +6,21 @@
 //! the payment aggregate decides every change and the repository commits it.
 #![forbid(unsafe_code)]
 
+#[cfg(test)]
+mod fake;
 mod finalize;
+mod store;
 
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use chrono::{DateTime, Duration, Utc};
+use shared::bootstrap::{SdkConfig, Wired};
 use shared::domain::aggregate::IllegalTransition;
 use shared::domain::PaymentState;
 use shared::klarna::{KlarnaClient, KlarnaError};
-use shared::repo::CommitError;
+use shared::repo::{CommitError, PaymentStore};
 use shared::store::records::FinalizeJob;
 use shared::store::StoreError;
+use store::{JobStore, KlarnaCalls};
 use tracing::Instrument;
 
 /// Klarna invalidates the session token 60 minutes after completion.
@@ -24,21 +29,8 @@ pub const SESSION_TOKEN_TTL: Duration = Duration::minutes(60);
 pub const FINALIZE_LEASE: Duration = Duration::seconds(30);
 
 /// What the function is configured with (from the environment in `main.rs`, from options in
-/// the local stack).
-#[derive(Clone, Debug)]
-pub struct Config {
-    pub store: shared::bootstrap::StoreConfig,
-    pub klarna: shared::bootstrap::KlarnaConfig,
-}
-
-impl Config {
-    pub fn from_env() -> Result<Self, shared::config::ConfigError> {
-        Ok(Self {
-            store: shared::bootstrap::StoreConfig::from_env()?,
-            klarna: shared::bootstrap::KlarnaConfig::from_env()?,
-        })
-    }
-}
+/// the local stack): the table and Klarna.
+pub type Config = shared::bootstrap::KlarnaFunctionConfig;
 
 pub struct Deps {
     pub repo: shared::repo::Repository,
@@ -47,10 +39,7 @@ pub struct Deps {
 
 impl Deps {
     /// Once per container: clients and secrets, never per invocation.
-    pub async fn new(
-        config: Config,
-        sdk: &shared::aws::SdkConfig,
-    ) -> Result<Self, shared::bootstrap::BootstrapError> {
+    pub async fn new(config: Config, sdk: &SdkConfig) -> Wired<Self> {
         Ok(Self {
             repo: config.store.repository(sdk).await?,
             klarna: config.klarna.client().await?,
@@ -131,12 +120,30 @@ pub async fn process(
     body: &str,
     now: DateTime<Utc>,
 ) -> Result<JobOutcome, StepUpError> {
+    run_job(&deps.repo, &deps.klarna, body, now).await
+}
+
+/// One finalize job, on the capabilities it takes.
+async fn run_job(
+    store: &impl JobStore,
+    klarna: &impl KlarnaCalls,
+    body: &str,
+    now: DateTime<Utc>,
+) -> Result<JobOutcome, StepUpError> {
     let job = parse_job(body)?;
     tracing::Span::current().record("payment_id", job.payment_id.as_str());
-    let Some(payment) = deps.repo.payment(&job.partner_id, &job.payment_id).await? else {
+    let Some(payment) = job_payment(store, &job).await? else {
         return Ok(JobOutcome::Poison);
     };
-    finalize::run(deps, &job, payment, now).await
+    finalize::run(store, klarna, &job, payment, now).await
+}
+
+/// The payment the job names; `None` (poison) if there is none.
+async fn job_payment(
+    payments: &impl PaymentStore,
+    job: &FinalizeJob,
+) -> Result<Option<shared::store::records::PaymentRecord>, StepUpError> {
+    Ok(payments.payment(&job.partner_id, &job.payment_id).await?)
 }
 
 fn parse_job(body: &str) -> Result<FinalizeJob, StepUpError> {

@@ -5,6 +5,7 @@
 use aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse};
 use chrono::{DateTime, TimeZone, Utc};
 use serde::Serialize;
+use shared::bootstrap::{SdkConfig, Wired};
 use shared::domain::{Scope, TokenState};
 use shared::http::{self as h, ApiError};
 use shared::ids::*;
@@ -22,21 +23,8 @@ mod fakes;
 pub const MAX_TOKEN_LEN: usize = 1024;
 
 /// What the function is configured with (from the environment in `main.rs`, from options in
-/// the local stack).
-#[derive(Clone, Debug)]
-pub struct Config {
-    pub store: shared::bootstrap::StoreConfig,
-    pub klarna: shared::bootstrap::KlarnaConfig,
-}
-
-impl Config {
-    pub fn from_env() -> Result<Self, shared::config::ConfigError> {
-        Ok(Self {
-            store: shared::bootstrap::StoreConfig::from_env()?,
-            klarna: shared::bootstrap::KlarnaConfig::from_env()?,
-        })
-    }
-}
+/// the local stack): the table and Klarna.
+pub type Config = shared::bootstrap::KlarnaFunctionConfig;
 
 pub struct Deps {
     pub repo: shared::repo::Repository,
@@ -45,10 +33,7 @@ pub struct Deps {
 
 impl Deps {
     /// Once per container: clients and secrets, never per invocation.
-    pub async fn new(
-        config: Config,
-        sdk: &shared::aws::SdkConfig,
-    ) -> Result<Self, shared::bootstrap::BootstrapError> {
+    pub async fn new(config: Config, sdk: &SdkConfig) -> Wired<Self> {
         Ok(Self {
             repo: config.store.repository(sdk).await?,
             klarna: config.klarna.client().await?,

@@ -1,4 +1,0 @@
-//! Repository methods used by tokens (see the parent module).
-
-#[allow(unused_imports)]
-use super::*;
