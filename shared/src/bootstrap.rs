@@ -136,3 +136,19 @@ impl KlarnaFunctionConfig {
         })
     }
 }
+
+/// What a function that needs only the table and Klarna holds, built once per container.
+pub struct KlarnaFunctionDeps {
+    pub repo: crate::repo::Repository,
+    pub klarna: KlarnaClient,
+}
+
+impl KlarnaFunctionDeps {
+    /// Once per container: clients and secrets, never per invocation.
+    pub async fn new(config: KlarnaFunctionConfig, sdk: &SdkConfig) -> Wired<Self> {
+        Ok(Self {
+            repo: config.store.repository(sdk).await?,
+            klarna: config.klarna.client().await?,
+        })
+    }
+}

@@ -19,7 +19,7 @@ mod capabilities;
 // The outbox's stream side (the fan-out reads it).
 mod fanout;
 
-pub use capabilities::{EventStore, PartnerStore, PaymentStore, TokenStore};
+pub use capabilities::{EventStore, PartnerStore, PaymentCommits, PaymentStore, TokenStore};
 
 /// How a commit can fail besides a fault.
 #[derive(Debug, thiserror::Error)]

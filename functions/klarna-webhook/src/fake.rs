@@ -3,13 +3,14 @@
 //! is `Duplicate`), and a change commits only over the version it was decided from (else
 //! `Raced`). "Sealing" is the identity.
 
-use crate::store::{EventLog, PaymentCommits, PaymentRequestLinks, TokenRevocations};
+use crate::store::{EventLog, PaymentRequestLinks, TokenRevocations};
 use crate::Delivery;
 use chrono::{DateTime, Duration, Utc};
 use shared::domain::aggregate::Change;
 use shared::domain::{PaymentKind, PaymentState, TokenState};
 use shared::ids::*;
 use shared::klarna::webhook::WebhookMetadata;
+use shared::repo::PaymentCommits;
 use shared::repo::{CommitError, Committed, EventStore, PaymentStore, TokenStore, With};
 use shared::store::records::{KlarnaEventOutcome, KlarnaEventRecord, PaymentRecord, TokenRecord};
 use shared::store::StoreError;

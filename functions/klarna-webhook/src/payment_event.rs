@@ -1,13 +1,14 @@
 //! A payment-request state change: load the payment the request belongs to, let the aggregate
 //! decide, and commit the decision with the event record (a redelivery is a duplicate record).
 
-use crate::store::{EventLog, PaymentCommits, PaymentRequestLinks};
+use crate::store::{EventLog, PaymentRequestLinks};
 use crate::{backoff, settled, Delivery, WebhookError, MAX_RACE_RETRIES};
 use shared::domain::aggregate::{self, Decision, Input, Unchanged};
 use shared::domain::{PaymentState, StepUpEvent};
 use shared::ids::{CustomerToken, NetworkSessionToken, PartnerId, PaymentId};
 use shared::klarna::types::{customer_token_of, session_token_of};
 use shared::klarna::webhook::PaymentRequestChange;
+use shared::repo::PaymentCommits;
 use shared::repo::{EventStore, PaymentStore, With};
 use shared::store::records::{KlarnaEventOutcome, PaymentRecord};
 use shared::store::StoreError;

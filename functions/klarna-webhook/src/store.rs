@@ -5,10 +5,10 @@
 //! local AWS server); the unit tests use an in-memory stand-in (`crate::fake`).
 
 use chrono::{DateTime, Duration, Utc};
-use shared::domain::aggregate::Change;
+
 use shared::ids::{CustomerToken, PartnerId, PaymentId, PaymentRequestId};
 use shared::klarna::webhook::WebhookMetadata;
-use shared::repo::{CommitError, Committed, Repository, With};
+use shared::repo::{CommitError, Repository};
 use shared::store::records::{KlarnaEventOutcome, KlarnaEventRecord, TokenRecord};
 use shared::store::StoreError;
 use std::future::Future;
@@ -43,17 +43,6 @@ pub(crate) trait PaymentRequestLinks: Send + Sync {
     ) -> impl Future<Output = Result<Option<(PartnerId, PaymentId)>, StoreError>> + Send;
 }
 
-/// A payment change committed with its event record, conditional on the version it was decided
-/// from (R3): `Raced` says decide again, `Duplicate` says a concurrent delivery recorded it.
-pub(crate) trait PaymentCommits: Send + Sync {
-    fn commit(
-        &self,
-        change: Change,
-        with: With<'_>,
-        now: DateTime<Utc>,
-    ) -> impl Future<Output = Result<Committed, CommitError>> + Send;
-}
-
 /// Backend tokens found by the Klarna customer token behind them, and revoked with the event.
 pub(crate) trait TokenRevocations: Send + Sync {
     fn token_of_klarna_token(
@@ -61,7 +50,7 @@ pub(crate) trait TokenRevocations: Send + Sync {
         klarna_token: &CustomerToken,
     ) -> impl Future<Output = Result<Option<TokenRecord>, StoreError>> + Send;
 
-    /// `None` if it was revoked already; `Raced` and `Duplicate` as for [`PaymentCommits`].
+    /// `None` if it was revoked already; `Raced` and `Duplicate` as for [`shared::repo::PaymentCommits`].
     fn revoke_token(
         &self,
         t: &TokenRecord,
@@ -99,17 +88,6 @@ impl PaymentRequestLinks for Repository {
         id: &PaymentRequestId,
     ) -> Result<Option<(PartnerId, PaymentId)>, StoreError> {
         Repository::payment_of_request(self, id).await
-    }
-}
-
-impl PaymentCommits for Repository {
-    async fn commit(
-        &self,
-        change: Change,
-        with: With<'_>,
-        now: DateTime<Utc>,
-    ) -> Result<Committed, CommitError> {
-        Repository::commit(self, change, with, now).await
     }
 }
 

@@ -233,7 +233,10 @@ pub fn partner_answer(
                 "klarna_rejected",
                 format!("Klarna refused the request ({})", r.code),
             );
-            api.field = r.parameter.clone();
+            api.field = r
+                .parameter
+                .as_deref()
+                .and_then(crate::request::partner_field);
             let body = serde_json::json!({ "error": api, "payment": PaymentView::of(next, None) });
             Ok((api.status, body.to_string()))
         }

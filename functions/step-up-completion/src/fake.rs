@@ -2,12 +2,13 @@
 //! store keeps what the real one promises: a change commits only over the version it was decided
 //! from (else `Raced`). "Sealing" is the identity. Klarna answers as told and counts its calls.
 
-use crate::store::{KlarnaCalls, PaymentCommits, PaymentSecrets};
+use crate::store::{KlarnaCalls, PaymentSecrets};
 use chrono::{DateTime, Duration, Utc};
 use shared::domain::aggregate::Change;
 use shared::domain::{PaymentKind, PaymentState};
 use shared::ids::*;
 use shared::klarna::{AuthorizeHeaders, AuthorizeRequest, AuthorizeResponse, KlarnaError};
+use shared::repo::PaymentCommits;
 use shared::repo::{CommitError, Committed, PartnerStore, PaymentStore, With};
 use shared::store::records::{ApiKeyRecord, PartnerRecord, PartnerStatus, PaymentRecord};
 use shared::store::StoreError;

@@ -2,7 +2,7 @@
 //! needs (blocked without a usable session token, else Klarna's answer), and commit what the
 //! aggregate decides. The lease makes concurrent jobs for one payment one Klarna call.
 
-use crate::store::{JobStore, KlarnaCalls, PaymentCommits, PaymentSecrets};
+use crate::store::{JobStore, KlarnaCalls, PaymentSecrets};
 use crate::{fault, JobOutcome, StepUpError, FINALIZE_LEASE, SESSION_TOKEN_TTL};
 use chrono::{DateTime, Utc};
 use shared::domain::aggregate::{self, Decision, FinalizeBlock, Input, Stage, Unchanged};
@@ -10,6 +10,7 @@ use shared::domain::Scope;
 use shared::ids::{CustomerToken, NetworkSessionToken, PaymentRequestId};
 use shared::klarna::types::session_token_of;
 use shared::klarna::{AuthorizeHeaders, AuthorizeRequest};
+use shared::repo::PaymentCommits;
 use shared::repo::{CommitError, PaymentStore, With};
 use shared::store::records::{FinalizeJob, PartnerRecord, PaymentRecord};
 

@@ -13,10 +13,9 @@ mod store;
 
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use chrono::{DateTime, Duration, Utc};
-use shared::bootstrap::{SdkConfig, Wired};
 use shared::domain::aggregate::IllegalTransition;
 use shared::domain::PaymentState;
-use shared::klarna::{KlarnaClient, KlarnaError};
+use shared::klarna::KlarnaError;
 use shared::repo::{CommitError, PaymentStore};
 use shared::store::records::FinalizeJob;
 use shared::store::StoreError;
@@ -32,20 +31,8 @@ pub const FINALIZE_LEASE: Duration = Duration::seconds(30);
 /// the local stack): the table and Klarna.
 pub type Config = shared::bootstrap::KlarnaFunctionConfig;
 
-pub struct Deps {
-    pub repo: shared::repo::Repository,
-    pub klarna: KlarnaClient,
-}
-
-impl Deps {
-    /// Once per container: clients and secrets, never per invocation.
-    pub async fn new(config: Config, sdk: &SdkConfig) -> Wired<Self> {
-        Ok(Self {
-            repo: config.store.repository(sdk).await?,
-            klarna: config.klarna.client().await?,
-        })
-    }
-}
+/// The repository and the Klarna client, built once per container.
+pub type Deps = shared::bootstrap::KlarnaFunctionDeps;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StepUpError {

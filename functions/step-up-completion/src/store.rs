@@ -5,27 +5,15 @@
 //! (integration tests run them against the local AWS server and the Klarna simulator); the unit
 //! tests use in-memory stand-ins (`crate::fake`).
 
-use chrono::{DateTime, Utc};
-use shared::domain::aggregate::Change;
 use shared::ids::{CustomerToken, KlarnaAccountId, NetworkSessionToken, PaymentRequestId};
 use shared::klarna::{
     AuthorizeHeaders, AuthorizeRequest, AuthorizeResponse, KlarnaClient, KlarnaError,
 };
-use shared::repo::{CommitError, Committed, PartnerStore, PaymentStore, Repository, With};
+use shared::repo::PaymentCommits;
+use shared::repo::{PartnerStore, PaymentStore, Repository};
 use shared::store::records::PaymentRecord;
 use shared::store::StoreError;
 use std::future::Future;
-
-/// A payment change committed conditional on the version it was decided from (R3): `Raced`
-/// says decide again from a fresh read.
-pub(crate) trait PaymentCommits: Send + Sync {
-    fn commit(
-        &self,
-        change: Change,
-        with: With<'_>,
-        now: DateTime<Utc>,
-    ) -> impl Future<Output = Result<Committed, CommitError>> + Send;
-}
 
 /// What the payment keeps sealed for the final authorize.
 pub(crate) trait PaymentSecrets: Send + Sync {
@@ -65,17 +53,6 @@ pub(crate) trait KlarnaCalls: Send + Sync {
         account: &KlarnaAccountId,
         id: &PaymentRequestId,
     ) -> impl Future<Output = Result<serde_json::Value, KlarnaError>> + Send;
-}
-
-impl PaymentCommits for Repository {
-    async fn commit(
-        &self,
-        change: Change,
-        with: With<'_>,
-        now: DateTime<Utc>,
-    ) -> Result<Committed, CommitError> {
-        Repository::commit(self, change, with, now).await
-    }
 }
 
 impl PaymentSecrets for Repository {

@@ -5,11 +5,10 @@
 use aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse};
 use chrono::{DateTime, TimeZone, Utc};
 use serde::Serialize;
-use shared::bootstrap::{SdkConfig, Wired};
 use shared::domain::{Scope, TokenState};
 use shared::http::{self as h, ApiError};
 use shared::ids::*;
-use shared::klarna::{unconfirmed, KlarnaClient, KlarnaError, TokenIntrospection};
+use shared::klarna::{unconfirmed, KlarnaError, TokenIntrospection};
 use shared::payments;
 use shared::repo::{CommitError, PartnerStore, TokenStore};
 use shared::store::records::{PartnerRecord, PartnerStatus, TokenRecord};
@@ -26,20 +25,8 @@ pub const MAX_TOKEN_LEN: usize = 1024;
 /// the local stack): the table and Klarna.
 pub type Config = shared::bootstrap::KlarnaFunctionConfig;
 
-pub struct Deps {
-    pub repo: shared::repo::Repository,
-    pub klarna: KlarnaClient,
-}
-
-impl Deps {
-    /// Once per container: clients and secrets, never per invocation.
-    pub async fn new(config: Config, sdk: &SdkConfig) -> Wired<Self> {
-        Ok(Self {
-            repo: config.store.repository(sdk).await?,
-            klarna: config.klarna.client().await?,
-        })
-    }
-}
+/// The repository and the Klarna client, built once per container.
+pub type Deps = shared::bootstrap::KlarnaFunctionDeps;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {

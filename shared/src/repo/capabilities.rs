@@ -55,6 +55,18 @@ pub trait PaymentStore: Send + Sync {
     ) -> impl Future<Output = Result<Option<PaymentRecord>, StoreError>> + Send;
 }
 
+/// A payment change committed with what it causes, conditional on the version it was decided
+/// from (R3): `Raced` says decide again from a fresh read, `Duplicate` says a concurrent
+/// delivery of the same Klarna event recorded it.
+pub trait PaymentCommits: Send + Sync {
+    fn commit(
+        &self,
+        change: Change,
+        with: With<'_>,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<Committed, CommitError>> + Send;
+}
+
 /// Klarna events seen.
 pub trait EventStore: Send + Sync {
     fn event_seen(
@@ -108,5 +120,16 @@ impl PaymentStore for Repository {
 impl EventStore for Repository {
     async fn event_seen(&self, id: &KlarnaEventId) -> Result<bool, StoreError> {
         Repository::event_seen(self, id).await
+    }
+}
+
+impl PaymentCommits for Repository {
+    async fn commit(
+        &self,
+        change: Change,
+        with: With<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<Committed, CommitError> {
+        Repository::commit(self, change, with, now).await
     }
 }
