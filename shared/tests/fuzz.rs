@@ -8,8 +8,9 @@
 //! - `notify::sign` / `notify::verify` round-trip (one secret or several during a rotation) and
 //!   refuse any single changed byte of the body or the id, and any other timestamp.
 //! - The `PaymentState` transition table: nothing leaves a terminal state, no state is reachable
-//!   from itself, every walk ends in a terminal state within |states| steps, and
-//!   `Transition::decide` only applies what the table allows.
+//!   from itself, every walk ends in a terminal state within |states| steps, and the payment
+//!   aggregate, fed any sequence of events and commands in any order, only makes moves the table
+//!   allows.
 //!
 //! ```text
 //! cargo test -p shared --test fuzz -- --nocapture              # 1024 cases per property
@@ -20,11 +21,13 @@ use base64::Engine;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestError, TestRunner};
 use serde_json::{json, Value};
-use shared::domain::{PaymentState, StepUpEvent, Transition};
+use shared::domain::aggregate::{self, Decision, FinalizeBlock, Input};
+use shared::domain::{PaymentState, StepUpEvent};
 use shared::ids::{SecretString, SigningKeyId};
 use shared::klarna::webhook::{peek_event_id, PaymentRequestChange};
 use shared::klarna::{SignatureError, SigningKeys, WebhookEnvelope};
 use shared::notify::{self, NotifySignatureError, WebhookSecret};
+use shared::store::records::PaymentRecord;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 fn cases() -> u32 {
@@ -466,17 +469,37 @@ fn the_transition_table_has_no_way_out_of_a_terminal_state_and_no_cycle() {
         if steps < choices.len() {
             prop_assert!(s.is_terminal(), "stopped at {:?}", s);
         }
-        // Any sequence of events, decided one by one, follows the table and never leaves a
-        // terminal state.
-        let mut s = PaymentState::ALL[start];
-        for (_, e) in &choices {
-            match Transition::decide(s, events[*e].target_state()) {
-                Transition::Apply { from, to } => {
-                    prop_assert_eq!(from, s);
-                    prop_assert!(s.can_transition_to(to) && !s.is_terminal());
-                    s = to;
+        // Any sequence of Klarna events and partner commands, in any order and with any dates,
+        // decided one by one by the aggregate, follows the table, moves the version by one per
+        // change, and never leaves a terminal state.
+        let mut p = payment_in(PaymentState::ALL[start]);
+        let base = chrono::Utc::now();
+        for (pick, e) in &choices {
+            let before = p.state;
+            let occurred_at = base + chrono::Duration::seconds(pick.index(600) as i64 - 300);
+            let change = change_for(events[*e]);
+            let input = match pick.index(8) {
+                0 => Input::CancelStepUp,
+                1 => Input::FinalizeBlocked(FinalizeBlock::SessionTokenExpired),
+                _ => Input::StepUp {
+                    event: events[*e],
+                    change: &change,
+                    occurred_at,
+                    session_token: None,
+                    customer_token: None,
+                },
+            };
+            match aggregate::apply(&p, input, base) {
+                Ok(Decision::Change(c)) => {
+                    prop_assert_eq!(c.next.version, p.version + 1);
+                    prop_assert!(!before.is_terminal(), "moved out of {:?}", before);
+                    if c.next.state != before {
+                        prop_assert!(before.can_transition_to(c.next.state));
+                    }
+                    p = c.next;
                 }
-                Transition::NoOp => {}
+                Ok(Decision::Unchanged(_)) => {}
+                Err(e) => prop_assert_eq!(e.from, before),
             }
         }
         let _ = StepUpEvent::from_event_type(&junk);
@@ -484,4 +507,34 @@ fn the_transition_table_has_no_way_out_of_a_terminal_state_and_no_cycle() {
         Ok(())
     });
     check("transition walks", &WALKS, result);
+}
+
+/// A payment in `state`, as the aggregate sees it.
+fn payment_in(state: PaymentState) -> PaymentRecord {
+    serde_json::from_value(json!({
+        "pk": "PARTNER#p", "sk": "PAYMENT#pay_1", "partner_id": "p", "payment_id": "pay_1",
+        "kind": "one_time", "state": state, "version": 1, "amount": 100, "currency": "EUR",
+        "partner_reference": null, "klarna_request_sealed": "", "token_hash": null,
+        "token_id": null, "payment_request_id": "krn:pr:1", "payment_request_url": null,
+        "step_up_expires_at": null, "payment_request_state": "SUBMITTED",
+        "session_token_sealed": null, "session_token_received_at": null,
+        "completed_customer_token_sealed": null, "finalize_lease_until_ms": null,
+        "klarna_transaction_id": null, "reason": null,
+        "created_at": "2026-12-01T00:00:00Z", "updated_at": "2026-12-01T00:00:00Z"
+    }))
+    .expect("a payment record")
+}
+
+/// The payload of a payment-request event of this kind.
+fn change_for(e: StepUpEvent) -> PaymentRequestChange {
+    let state = match e {
+        StepUpEvent::Submitted => "SUBMITTED",
+        StepUpEvent::InProgress => "IN_PROGRESS",
+        StepUpEvent::Completed => "COMPLETED",
+        StepUpEvent::Canceled => "CANCELED",
+        StepUpEvent::Expired => "EXPIRED",
+        StepUpEvent::Declined => "DECLINED",
+    };
+    serde_json::from_value(json!({"payment_request_id": "krn:pr:1", "state": state}))
+        .expect("a payment-request change")
 }

@@ -233,10 +233,8 @@ pub fn partner_answer(
                 "klarna_rejected",
                 format!("Klarna refused the request ({})", r.code),
             );
-            api.field = r
-                .parameter
-                .as_deref()
-                .and_then(crate::request::partner_field);
+            // Klarna's parameter as Klarna names it (the documented contract of `error.field`).
+            api.field = r.parameter.clone();
             let body = serde_json::json!({ "error": api, "payment": PaymentView::of(next, None) });
             Ok((api.status, body.to_string()))
         }

@@ -217,9 +217,7 @@ pub(crate) fn klarna_refusal(e: &KlarnaError) -> ApiError {
         ),
     );
     if let KlarnaError::Api { body, .. } = e {
-        api.field = body
-            .first_parameter()
-            .and_then(crate::request::partner_field);
+        api.field = body.first_parameter().map(str::to_owned);
     }
     api
 }

@@ -392,51 +392,6 @@ impl Forwarded {
     }
 }
 
-/// The partner's field behind a parameter Klarna named in an error, where the parameter is the
-/// partner's (Klarna's names for what this API calls otherwise are translated); `None` for
-/// parameters the backend sets itself, which would only confuse the partner.
-pub fn partner_field(klarna_parameter: &str) -> Option<String> {
-    let p = klarna_parameter
-        .trim_start_matches("$.")
-        .trim_start_matches('.');
-    let mapped = [
-        ("supplementary_purchase_data", "purchase_data"),
-        ("request_payment_transaction.amount", "amount"),
-        (
-            "request_payment_transaction.payment_option_id",
-            "payment_option_id",
-        ),
-        (
-            "step_up_config.customer_interaction_config.return_url",
-            "return_url",
-        ),
-        (
-            "step_up_config.customer_interaction_config.app_return_url",
-            "app_return_url",
-        ),
-        (
-            "step_up_config.customer_interaction_config.interaction_expiry",
-            "step_up_expiry_minutes",
-        ),
-        ("request_customer_token.scopes", "request_token.scopes"),
-        ("currency", "currency"),
-        ("klarna_network_data", "klarna_network_data"),
-        (
-            "klarna_network_session_token",
-            "klarna_network_session_token",
-        ),
-        (
-            "Klarna-Network-Session-Token",
-            "klarna_network_session_token",
-        ),
-    ];
-    mapped.iter().find_map(|(klarna, ours)| {
-        let rest = p.strip_prefix(klarna)?;
-        (rest.is_empty() || rest.starts_with('.') || rest.starts_with('['))
-            .then(|| format!("{ours}{rest}"))
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -597,26 +552,6 @@ mod tests {
         assert!(network_data(&Some(String::new())).is_err());
         assert!(network_data(&Some("{\u{0}}".into())).is_err());
         assert!(network_data(&Some("x".repeat(MAX_NETWORK_DATA_CHARS + 1))).is_err());
-    }
-
-    #[test]
-    fn klarnas_parameter_names_become_the_partners_fields() {
-        assert_eq!(
-            partner_field("supplementary_purchase_data.customer.email").as_deref(),
-            Some("purchase_data.customer.email")
-        );
-        assert_eq!(
-            partner_field("request_payment_transaction.amount").as_deref(),
-            Some("amount")
-        );
-        assert_eq!(partner_field("currency").as_deref(), Some("currency"));
-        // Set by the backend, not the partner: not surfaced.
-        assert_eq!(
-            partner_field("request_payment_transaction.payment_transaction_reference"),
-            None
-        );
-        assert_eq!(partner_field("payment_request_id"), None);
-        assert_eq!(partner_field("currencyx"), None);
     }
 
     #[test]

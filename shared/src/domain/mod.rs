@@ -5,5 +5,5 @@ pub mod aggregate;
 pub mod payment;
 pub mod token;
 
-pub use payment::{PaymentKind, PaymentState, StepUpEvent, Transition};
+pub use payment::{PaymentKind, PaymentState, StepUpEvent};
 pub use token::{Scope, TokenState};

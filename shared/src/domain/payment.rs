@@ -1,5 +1,4 @@
-//! Payment states and their allowed transitions (rule R3: every write is conditional on the state
-//! this table says it comes from).
+//! Payment kinds and states, and the state graph the payment aggregate keeps to (rule R3).
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -95,8 +94,8 @@ impl PaymentState {
         }
     }
 
-    /// The transition table. Everything not listed is refused, so a late or replayed event can
-    /// never move a payment backwards.
+    /// The state graph. The aggregate (`aggregate::apply`) decides every move and keeps to this
+    /// graph (its tests check every move against it); nothing moves back or out of a final state.
     pub fn can_transition_to(self, to: PaymentState) -> bool {
         use PaymentState::*;
         match self {
@@ -141,38 +140,6 @@ impl StepUpEvent {
             _ => return None,
         })
     }
-
-    /// The payment state this event moves a payment to; `None` for events that are only recorded.
-    pub fn target_state(self) -> Option<PaymentState> {
-        match self {
-            StepUpEvent::Submitted | StepUpEvent::InProgress => None,
-            StepUpEvent::Completed => Some(PaymentState::StepUpCompleted),
-            StepUpEvent::Canceled => Some(PaymentState::Canceled),
-            StepUpEvent::Expired => Some(PaymentState::Expired),
-            StepUpEvent::Declined => Some(PaymentState::Declined),
-        }
-    }
-}
-
-/// The decision for one event against the stored state.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Transition {
-    /// Move from `from` to `to`, conditional on `from` still being stored.
-    Apply {
-        from: PaymentState,
-        to: PaymentState,
-    },
-    /// Nothing to change: the event is informational, a duplicate, or older than what is stored.
-    NoOp,
-}
-
-impl Transition {
-    pub fn decide(current: PaymentState, to: Option<PaymentState>) -> Transition {
-        match to {
-            Some(to) if current.can_transition_to(to) => Transition::Apply { from: current, to },
-            _ => Transition::NoOp,
-        }
-    }
 }
 
 #[cfg(test)]
@@ -196,31 +163,6 @@ mod tests {
             if from != Pending {
                 assert!(!from.can_transition_to(StepUpPending), "{from}");
             }
-        }
-    }
-
-    #[test]
-    fn expired_after_completed_is_refused_only_by_ordering_rules() {
-        // `completed` then a late `submitted`/`in-progress`: recorded, nothing moves.
-        assert_eq!(
-            Transition::decide(StepUpCompleted, StepUpEvent::InProgress.target_state()),
-            Transition::NoOp
-        );
-        // A duplicate `completed` is a no-op.
-        assert_eq!(
-            Transition::decide(StepUpCompleted, StepUpEvent::Completed.target_state()),
-            Transition::NoOp
-        );
-        // After authorization nothing Klarna says about the journey changes the payment.
-        for e in [
-            StepUpEvent::Expired,
-            StepUpEvent::Canceled,
-            StepUpEvent::Declined,
-        ] {
-            assert_eq!(
-                Transition::decide(Authorized, e.target_state()),
-                Transition::NoOp
-            );
         }
     }
 
