@@ -273,3 +273,26 @@ fn template_passes_cfn_lint_without_errors_or_warnings() {
         "cfn-lint findings:\n{text}"
     );
 }
+
+/// Like API Gateway, the local HTTP API refuses a payload above 10 MB itself (413), before any
+/// function runs.
+#[tokio::test]
+async fn the_local_gateway_refuses_payloads_above_api_gateways_limit() {
+    let w = integration_tests::World::new("harness-413").await;
+    let p = w.partner("shop", &["*"]).await;
+    let big = vec![b'x'; local_stack::http_api::PAYLOAD_LIMIT + 1];
+    let r = w
+        .http
+        .post(format!("{}/v1/payments", w.api_url))
+        .header("Authorization", format!("Bearer {}", p.api_key.expose()))
+        .header("Idempotency-Key", "big")
+        .header("Content-Type", "application/json")
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 413);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["message"], "Request Entity Too Large");
+    assert_eq!(w.sim.count(klarna_sim::Route::Authorize), 0);
+}

@@ -89,6 +89,24 @@ impl HttpApi {
     }
 }
 
+/// API Gateway HTTP API's payload limit (10 MB).
+pub const PAYLOAD_LIMIT: usize = 10 * 1024 * 1024;
+
+/// The gateway's view of an HTTP request.
+fn request_of(parts: &axum::http::request::Parts, body: Vec<u8>) -> HttpRequest {
+    HttpRequest {
+        method: parts.method.as_str().to_owned(),
+        path: parts.uri.path().to_owned(),
+        query: parts.uri.query().unwrap_or("").to_owned(),
+        headers: parts
+            .headers
+            .iter()
+            .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+            .collect(),
+        body,
+    }
+}
+
 /// Serves the API on `addr` (127.0.0.1:3000 by default, as `sam local start-api` does).
 pub async fn serve(
     api: Arc<HttpApi>,
@@ -101,22 +119,12 @@ pub async fn serve(
         let api = api.clone();
         async move {
             let (parts, body) = request.into_parts();
-            // API Gateway's payload limit is 10 MB; the functions enforce their own, smaller ones.
-            let body = axum::body::to_bytes(body, 10 * 1024 * 1024)
-                .await
-                .unwrap_or_default();
-            let req = HttpRequest {
-                method: parts.method.as_str().to_owned(),
-                path: parts.uri.path().to_owned(),
-                query: parts.uri.query().unwrap_or("").to_owned(),
-                headers: parts
-                    .headers
-                    .iter()
-                    .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
-                    .collect(),
-                body: body.to_vec(),
+            // API Gateway refuses payloads above its limit itself, before any function runs; the
+            // functions enforce their own, smaller ones.
+            let resp = match axum::body::to_bytes(body, PAYLOAD_LIMIT).await {
+                Ok(body) => api.invoke(request_of(&parts, body.to_vec())).await,
+                Err(_) => gateway_error(413, "Request Entity Too Large"),
             };
-            let resp = api.invoke(req).await;
             let mut builder = axum::http::Response::builder().status(resp.status);
             for (k, v) in &resp.headers {
                 builder = builder.header(k, v);
