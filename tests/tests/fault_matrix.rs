@@ -31,7 +31,7 @@
 //! ```
 //!
 //! Time: the finalize lease is 30 s and the step-up queue redelivers a failed job after its
-//! visibility timeout (AWS: 180 s, five receives). The local stack normally makes a failed message
+//! visibility timeout (AWS: 210 s, five receives). The local stack normally makes a failed message
 //! visible again at once, which would exhaust the five receives before any lease lapses, so cells
 //! that fault the finalize step run with a 9 s visibility timeout (five receives span 36 s > 30 s).
 //! The long profile also adds Klarna's `Timeout500` and `Forbidden403Empty`.
