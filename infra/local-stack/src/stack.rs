@@ -46,6 +46,9 @@ pub async fn local_sdk_config() -> aws_config::SdkConfig {
         .await
 }
 
+/// Consecutive failed polls `settle` tries again before it gives up.
+const POLL_RETRIES: u32 = 5;
+
 fn config_error(e: impl std::fmt::Display) -> StackError {
     StackError::Config(e.to_string())
 }
@@ -311,8 +314,23 @@ impl LocalStack {
     pub async fn settle(&self) -> Result<usize, PumpError> {
         let mut total = 0;
         let mut idle = 0;
+        let mut failures = 0;
         for _ in 0..500 {
-            let n = self.pump_once().await?;
+            // Like AWS's pollers, a failed poll (the local server stalling under load) is tried
+            // again; only a poll that keeps failing stops the settling.
+            let n = match self.pump_once().await {
+                Ok(n) => {
+                    failures = 0;
+                    n
+                }
+                Err(e) if failures < POLL_RETRIES => {
+                    failures += 1;
+                    tracing::warn!(error = %e, failures, "event delivery failed; polling again");
+                    tokio::time::sleep(Duration::from_millis(200 * u64::from(failures))).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             total += n;
             if n == 0 {
                 idle += 1;
