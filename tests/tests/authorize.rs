@@ -270,9 +270,11 @@ async fn idempotency_replays_refuses_changed_bodies_and_holds_off_in_flight_dupl
     assert_eq!(w.sim.count(Route::Authorize), 1);
 
     // A duplicate that arrives while the first is still at Klarna is told to retry.
+    // Generous times: on a loaded machine the first request must hold its claim well before
+    // the duplicate arrives, and the duplicate must arrive well before Klarna answers.
     w.sim.inject(Fault {
         route: Route::Authorize,
-        kind: FaultKind::Hang(std::time::Duration::from_millis(600)),
+        kind: FaultKind::Hang(std::time::Duration::from_millis(2000)),
         count: 1,
     });
     let first = w.call(
@@ -283,7 +285,7 @@ async fn idempotency_replays_refuses_changed_bodies_and_holds_off_in_flight_dupl
         Some(&body),
     );
     let second = async {
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(600)).await;
         w.call(
             "POST",
             "/v1/payments",
