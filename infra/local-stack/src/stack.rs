@@ -42,6 +42,15 @@ pub async fn local_sdk_config() -> aws_config::SdkConfig {
         .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
             "test", "test", None, None, "local",
         ))
+        // The local server copies a table on every transaction and answers 500 to some
+        // concurrent ones (its own limit, not DynamoDB's): more, quicker attempts than the SDK's
+        // default, so parallel tests and the walk-through are not failed by it.
+        .retry_config(
+            aws_config::retry::RetryConfig::standard()
+                .with_max_attempts(6)
+                .with_initial_backoff(Duration::from_millis(50))
+                .with_max_backoff(Duration::from_secs(1)),
+        )
         .load()
         .await
 }
