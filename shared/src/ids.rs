@@ -80,6 +80,19 @@ id_type!(
     KlarnaTransactionId
 );
 id_type!(
+    /// Klarna's id of one capture of a payment transaction (opaque).
+    KlarnaCaptureId
+);
+id_type!(
+    /// Klarna's id of one refund of a payment transaction (opaque).
+    KlarnaRefundId
+);
+id_type!(
+    /// Our id of one money operation on a payment (a capture or a refund): derived from the
+    /// partner's idempotency key, so a retry finds the operation it started.
+    OperationId
+);
+id_type!(
     /// A non-secret, stable id of a backend token: used as the FIFO message group and in logs.
     TokenId
 );

@@ -33,10 +33,26 @@ pub enum NotificationType {
     PaymentFailed,
     #[serde(rename = "token.revoked")]
     TokenRevoked,
+    #[serde(rename = "payment.captured")]
+    PaymentCaptured,
+    #[serde(rename = "payment.capture_failed")]
+    PaymentCaptureFailed,
+    #[serde(rename = "payment.refunded")]
+    PaymentRefunded,
+    #[serde(rename = "payment.refund_failed")]
+    PaymentRefundFailed,
+    #[serde(rename = "payment.voided")]
+    PaymentVoided,
+    #[serde(rename = "payment.authorization_expired")]
+    PaymentAuthorizationExpired,
+    #[serde(rename = "payment.reauthorized")]
+    PaymentReauthorized,
+    #[serde(rename = "payment.funding_changed")]
+    PaymentFundingChanged,
 }
 
 impl NotificationType {
-    pub const ALL: [NotificationType; 7] = [
+    pub const ALL: [NotificationType; 15] = [
         NotificationType::PaymentAuthorized,
         NotificationType::PaymentDeclined,
         NotificationType::PaymentStepUpRequired,
@@ -44,6 +60,14 @@ impl NotificationType {
         NotificationType::PaymentCanceled,
         NotificationType::PaymentFailed,
         NotificationType::TokenRevoked,
+        NotificationType::PaymentCaptured,
+        NotificationType::PaymentCaptureFailed,
+        NotificationType::PaymentRefunded,
+        NotificationType::PaymentRefundFailed,
+        NotificationType::PaymentVoided,
+        NotificationType::PaymentAuthorizationExpired,
+        NotificationType::PaymentReauthorized,
+        NotificationType::PaymentFundingChanged,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -55,6 +79,14 @@ impl NotificationType {
             NotificationType::PaymentCanceled => "payment.canceled",
             NotificationType::PaymentFailed => "payment.failed",
             NotificationType::TokenRevoked => "token.revoked",
+            NotificationType::PaymentCaptured => "payment.captured",
+            NotificationType::PaymentCaptureFailed => "payment.capture_failed",
+            NotificationType::PaymentRefunded => "payment.refunded",
+            NotificationType::PaymentRefundFailed => "payment.refund_failed",
+            NotificationType::PaymentVoided => "payment.voided",
+            NotificationType::PaymentAuthorizationExpired => "payment.authorization_expired",
+            NotificationType::PaymentReauthorized => "payment.reauthorized",
+            NotificationType::PaymentFundingChanged => "payment.funding_changed",
         }
     }
 
@@ -124,6 +156,12 @@ pub struct NotificationData {
     /// Klarna's customer token beside ours (only in `payment.authorized` after token creation).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub klarna_customer_token: Option<CustomerToken>,
+    /// The capture or refund a money notification is about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation: Option<crate::payments::OperationView>,
+    /// The transaction's amounts after the change (money notifications).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transaction: Option<crate::payments::TransactionTotals>,
 }
 
 impl Notification {

@@ -2,15 +2,18 @@
 //! notifications for a state change, and issuing a backend token for a Klarna customer token.
 
 use crate::crypto::{self, Sealer};
+use crate::domain::aggregate::MoneyEvent;
+use crate::domain::money::{Capture, OperationState, Origin, Refund, Transaction};
 use crate::domain::{PaymentKind, PaymentState, Scope, TokenState};
 use crate::ids::*;
+use crate::klarna::{Funding, TransactionState};
 use crate::notify::{Notification, NotificationData, NotificationType, CONTRACT_VERSION};
 use crate::store::records::{
     klarna_token_pk, partner_pk, token_sk, KlarnaTokenLink, PaymentRecord, TokenRecord, LINK_SK,
 };
 use crate::store::StoreError;
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The prefix of every backend token.
 pub const BACKEND_TOKEN_PREFIX: &str = "apt_";
@@ -141,8 +144,210 @@ pub fn payment_notification(
                 .or_else(|| payment.token_id.clone()),
             token: issued.map(|i| i.token.clone()),
             klarna_customer_token: issued.map(|i| i.klarna_token.clone()),
+            // Authorizing is not a money change; the totals show in `GET /v1/payments/{id}`.
+            operation: None,
+            transaction: None,
         },
     })
+}
+
+/// The notification for one money change. Its id is derived from the payment, the event and
+/// the operation (or the occurrence), so a retried commit sends the same notification.
+pub fn money_notification(
+    payment: &PaymentRecord,
+    event: &MoneyEvent,
+    now: DateTime<Utc>,
+) -> Option<Notification> {
+    let t = payment.transaction.as_ref()?;
+    let (event_type, operation, discriminator) = match event {
+        MoneyEvent::Captured(op) => (
+            NotificationType::PaymentCaptured,
+            t.capture(op).map(OperationView::capture),
+            op.to_string(),
+        ),
+        MoneyEvent::CaptureFailed(op) => (
+            NotificationType::PaymentCaptureFailed,
+            t.capture(op).map(OperationView::capture),
+            op.to_string(),
+        ),
+        MoneyEvent::Refunded(op) => (
+            NotificationType::PaymentRefunded,
+            t.refund(op).map(OperationView::refund),
+            op.to_string(),
+        ),
+        MoneyEvent::RefundFailed(op) => (
+            NotificationType::PaymentRefundFailed,
+            t.refund(op).map(OperationView::refund),
+            op.to_string(),
+        ),
+        MoneyEvent::Voided => (NotificationType::PaymentVoided, None, "void".into()),
+        MoneyEvent::AuthorizationExpired => (
+            NotificationType::PaymentAuthorizationExpired,
+            None,
+            t.reauthorizations.to_string(),
+        ),
+        MoneyEvent::Reauthorized => (
+            NotificationType::PaymentReauthorized,
+            None,
+            t.reauthorizations.to_string(),
+        ),
+        MoneyEvent::FundingChanged => (
+            NotificationType::PaymentFundingChanged,
+            None,
+            t.funding
+                .as_ref()
+                .map_or(String::new(), |f| f.state.clone()),
+        ),
+    };
+    let reason = operation.as_ref().and_then(|o| o.failure.clone());
+    Some(Notification {
+        event_id: NotificationId::new(format!(
+            "evt_{}",
+            crate::idempotency::derive(&[
+                payment.payment_id.as_str(),
+                event_type.as_str(),
+                &discriminator
+            ])
+            .simple()
+        )),
+        event_type,
+        event_version: CONTRACT_VERSION.to_owned(),
+        created_at: now,
+        partner_id: payment.partner_id.clone(),
+        data: NotificationData {
+            payment_id: Some(payment.payment_id.clone()),
+            payment_kind: Some(payment.kind),
+            state: Some(payment.state.as_str().to_owned()),
+            amount: payment.amount,
+            currency: Some(payment.currency.clone()),
+            partner_reference: payment.partner_reference.clone(),
+            klarna_transaction_id: payment.klarna_transaction_id.clone(),
+            reason,
+            operation,
+            transaction: Some(TransactionTotals::of(t)),
+            ..Default::default()
+        },
+    })
+}
+
+/// One capture or refund as a partner sees it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OperationView {
+    /// `cap_…` or `ref_…`: the id the partner refunds a capture by.
+    pub id: OperationId,
+    pub kind: OperationKind,
+    pub state: OperationState,
+    pub amount: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
+    /// For a refund of one capture: that capture.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capture_id: Option<OperationId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub klarna_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<Origin>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OperationKind {
+    Capture,
+    Refund,
+}
+
+impl OperationView {
+    pub fn capture(c: &Capture) -> Self {
+        Self {
+            id: c.id.clone(),
+            kind: OperationKind::Capture,
+            state: c.state,
+            amount: c.amount,
+            reference: c
+                .request
+                .as_ref()
+                .and_then(|r| r.payment_capture_reference.clone()),
+            capture_id: None,
+            klarna_id: c.klarna_capture_id.as_ref().map(|i| i.to_string()),
+            failure: c.failure.clone(),
+            origin: Some(c.origin),
+            created_at: c.created_at,
+            updated_at: c.updated_at,
+        }
+    }
+
+    pub fn refund(r: &Refund) -> Self {
+        Self {
+            id: r.id.clone(),
+            kind: OperationKind::Refund,
+            state: r.state,
+            amount: r.amount,
+            reference: r.request.payment_refund_reference.clone(),
+            capture_id: r.capture.clone(),
+            klarna_id: r.klarna_refund_id.as_ref().map(|i| i.to_string()),
+            failure: r.failure.clone(),
+            origin: None,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        }
+    }
+}
+
+/// The transaction's amounts by state (minor units).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TransactionTotals {
+    pub state: TransactionState,
+    pub authorized_amount: i64,
+    pub captured_amount: i64,
+    pub refunded_amount: i64,
+    pub voided_amount: i64,
+    /// Still capturable.
+    pub remaining_amount: i64,
+    /// Captures and refunds in flight.
+    pub pending_amount: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub funding: Option<Funding>,
+}
+
+impl TransactionTotals {
+    pub fn of(t: &Transaction) -> Self {
+        Self {
+            state: t.state,
+            authorized_amount: t.authorized_amount,
+            captured_amount: t.captured(),
+            refunded_amount: t.refunded(),
+            voided_amount: t.voided_amount,
+            remaining_amount: t.capturable(),
+            pending_amount: (t.capture_held() - t.captured()) + (t.refund_held() - t.refunded()),
+            expires_at: t.expires_at,
+            funding: t.funding.clone(),
+        }
+    }
+}
+
+/// The transaction as `GET /v1/payments/{id}` shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct TransactionView {
+    #[serde(flatten)]
+    pub totals: TransactionTotals,
+    pub captures: Vec<OperationView>,
+    pub refunds: Vec<OperationView>,
+}
+
+impl TransactionView {
+    pub fn of(t: &Transaction) -> Self {
+        Self {
+            totals: TransactionTotals::of(t),
+            captures: t.captures.iter().map(OperationView::capture).collect(),
+            refunds: t.refunds.iter().map(OperationView::refund).collect(),
+        }
+    }
 }
 
 /// The `token.revoked` notification (one per token: its id is derived from the token id).
@@ -188,6 +393,9 @@ pub struct PaymentView {
     pub step_up: Option<StepUpView>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token: Option<TokenView>,
+    /// Klarna's transaction after the authorize, with every capture and refund.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transaction: Option<TransactionView>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -253,6 +461,7 @@ impl PaymentView {
             reason: p.reason.clone(),
             step_up,
             token,
+            transaction: p.transaction.as_deref().map(TransactionView::of),
             created_at: p.created_at,
             updated_at: p.updated_at,
         }

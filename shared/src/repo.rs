@@ -158,6 +158,15 @@ impl Repository {
         self.store.get(&p.pk, &p.sk).await
     }
 
+    /// The payment a Klarna transaction belongs to (its link is written with the authorization).
+    pub async fn payment_of_transaction(
+        &self,
+        id: &KlarnaTransactionId,
+    ) -> Result<Option<(PartnerId, PaymentId)>, StoreError> {
+        let link: Option<PaymentRequestLink> = self.store.get(&transaction_pk(id), LINK_SK).await?;
+        Ok(link.map(|l| (l.partner_id, l.payment_id)))
+    }
+
     /// The payment a Klarna payment request belongs to (a strongly consistent read of the link
     /// written with the step-up).
     pub async fn payment_of_request(
@@ -202,6 +211,7 @@ impl Repository {
             completed_customer_token_sealed: None,
             finalize_lease_until_ms: None,
             klarna_transaction_id: None,
+            transaction: None,
             reason: None,
             created_at: now,
             updated_at: now,
@@ -307,7 +317,21 @@ impl Repository {
                 ))?;
             }
         }
+        if let Some(id) = &effects.link_transaction {
+            // Not conditional: the link carries no state, and a retried commit writes it again.
+            tx.put(&PaymentRequestLink {
+                pk: transaction_pk(id),
+                sk: LINK_SK.into(),
+                partner_id: next.partner_id.clone(),
+                payment_id: next.payment_id.clone(),
+            })?;
+        }
         tx.put_if_version(&next, next.version - 1)?;
+        for m in &effects.money {
+            if let Some(n) = payments::money_notification(&next, m, now) {
+                tx.notify(&n)?;
+            }
+        }
         if from != next.state {
             if let Some(n) = payments::payment_notification(&next, issued.as_ref(), now) {
                 tx.notify(&n)?;

@@ -132,6 +132,7 @@ fn payment(partner: &PartnerId, id: &PaymentId, pr: PaymentRequestId) -> Payment
         completed_customer_token_sealed: None,
         finalize_lease_until_ms: None,
         klarna_transaction_id: None,
+        transaction: None,
         reason: None,
         created_at: at,
         updated_at: at,

@@ -13,6 +13,7 @@ mod payment_event;
 mod route;
 mod store;
 mod token_event;
+mod transaction_event;
 
 pub use keys::{KeyProvider, KeySource, SIGNING_KEYS_TTL};
 pub use route::{verify_and_route, Routed, FUTURE_SKEW};
@@ -186,6 +187,11 @@ async fn process(
         Routed::TokenRevoked { envelope, change } => {
             token_event::apply(repo, &delivery(&envelope.metadata), &change).await
         }
+        Routed::Transaction {
+            envelope,
+            kind,
+            change,
+        } => transaction_event::apply(repo, &delivery(&envelope.metadata), kind, &change).await,
         Routed::Unrouted(envelope) => {
             // Acknowledged so Klarna does not retry forever; kept for inspection.
             let d = delivery(&envelope.metadata);

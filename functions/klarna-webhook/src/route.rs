@@ -10,7 +10,7 @@ use shared::klarna::unconfirmed::TOKEN_REVOKED_EVENT;
 use shared::klarna::webhook::{
     is_keyable_id, peek_event_id, CustomerTokenChange, PaymentRequestChange, WebhookMetadata,
 };
-use shared::klarna::{SigningKeys, WebhookEnvelope};
+use shared::klarna::{SigningKeys, TransactionChange, TransactionEventKind, WebhookEnvelope};
 
 /// Events dated further in the future than this are refused (clock skew allowance).
 pub const FUTURE_SKEW: Duration = Duration::minutes(5);
@@ -29,6 +29,12 @@ pub enum Routed {
     TokenRevoked {
         envelope: WebhookEnvelope,
         change: CustomerTokenChange,
+    },
+    /// A payment-transaction event (capture, state change, funding).
+    Transaction {
+        envelope: WebhookEnvelope,
+        kind: TransactionEventKind,
+        change: TransactionChange,
     },
     /// Valid, but of a type, version or payload this backend does not act on: acknowledged and
     /// kept, so Klarna does not retry it forever.
@@ -95,6 +101,17 @@ fn route(envelope: WebhookEnvelope) -> Routed {
     if m.event_type == TOKEN_REVOKED_EVENT && version_ok {
         if let Ok(change) = CustomerTokenChange::deserialize(&envelope.payload) {
             return Routed::TokenRevoked { envelope, change };
+        }
+    }
+    if let Some(kind) = TransactionEventKind::of(&m.event_type).filter(|_| version_ok) {
+        if let Ok(change) = TransactionChange::deserialize(&envelope.payload) {
+            if is_keyable_id(change.payment_transaction_id.as_str()) {
+                return Routed::Transaction {
+                    envelope,
+                    kind,
+                    change,
+                };
+            }
         }
     }
     let event = StepUpEvent::from_event_type(&m.event_type).filter(|_| version_ok);

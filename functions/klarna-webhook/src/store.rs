@@ -43,6 +43,23 @@ pub(crate) trait PaymentRequestLinks: Send + Sync {
     ) -> impl Future<Output = Result<Option<(PartnerId, PaymentId)>, StoreError>> + Send;
 }
 
+/// Which payment a Klarna transaction belongs to.
+pub(crate) trait TransactionLinks: Send + Sync {
+    fn payment_of_transaction(
+        &self,
+        id: &shared::ids::KlarnaTransactionId,
+    ) -> impl Future<Output = Result<Option<(PartnerId, PaymentId)>, StoreError>> + Send;
+}
+
+impl TransactionLinks for Repository {
+    async fn payment_of_transaction(
+        &self,
+        id: &shared::ids::KlarnaTransactionId,
+    ) -> Result<Option<(PartnerId, PaymentId)>, StoreError> {
+        Repository::payment_of_transaction(self, id).await
+    }
+}
+
 /// Backend tokens found by the Klarna customer token behind them, and revoked with the event.
 pub(crate) trait TokenRevocations: Send + Sync {
     fn token_of_klarna_token(

@@ -77,6 +77,7 @@ impl Charge {
             &b.payment_option_id,
             &b.klarna_network_data,
             &b.step_up_expiry_minutes,
+            &b.capture,
         )?;
         if forwarded.interaction_expiry.is_some() && !b.customer_present {
             return Err(ApiError::bad_request(

@@ -202,6 +202,7 @@ pub fn payment(partner: &str, id: &str, state: PaymentState) -> PaymentRecord {
         completed_customer_token_sealed: None,
         finalize_lease_until_ms: None,
         klarna_transaction_id: None,
+        transaction: None,
         reason: None,
         created_at: at,
         updated_at: at,

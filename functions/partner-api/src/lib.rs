@@ -8,6 +8,7 @@ pub mod charges;
 pub mod claims;
 pub mod flow;
 pub mod methods;
+pub mod money;
 pub mod payments;
 pub mod request;
 pub mod step_up;
@@ -160,6 +161,10 @@ pub enum Route<'a> {
     CancelStepUp(&'a str),
     UpdatePayment(&'a str),
     ChargeToken(&'a str),
+    Capture(&'a str),
+    Refund(&'a str),
+    Void(&'a str),
+    Reauthorize(&'a str),
 }
 
 impl<'a> Route<'a> {
@@ -173,6 +178,10 @@ impl<'a> Route<'a> {
             ("DELETE", ["v1", "payments", id, "step-up"]) => Route::CancelStepUp(id),
             ("PATCH", ["v1", "payments", id]) => Route::UpdatePayment(id),
             ("POST", ["v1", "tokens", token, "charges"]) => Route::ChargeToken(token),
+            ("POST", ["v1", "payments", id, "captures"]) => Route::Capture(id),
+            ("POST", ["v1", "payments", id, "refunds"]) => Route::Refund(id),
+            ("POST", ["v1", "payments", id, "void"]) => Route::Void(id),
+            ("POST", ["v1", "payments", id, "reauthorize"]) => Route::Reauthorize(id),
             _ => return None,
         })
     }
@@ -185,6 +194,10 @@ impl<'a> Route<'a> {
             Route::CancelStepUp(_) => "cancel_step_up",
             Route::UpdatePayment(_) => "update_payment",
             Route::ChargeToken(_) => "charge_token",
+            Route::Capture(_) => "capture",
+            Route::Refund(_) => "refund",
+            Route::Void(_) => "void",
+            Route::Reauthorize(_) => "reauthorize",
         }
     }
 }
@@ -209,6 +222,10 @@ async fn route(
         Route::CancelStepUp(id) => step_up::cancel(deps, partner, id).await,
         Route::UpdatePayment(id) => step_up::update(deps, partner, id, req).await,
         Route::ChargeToken(token) => charges::charge(deps, partner, token, req).await,
+        Route::Capture(id) => money::capture(deps, partner, id, req).await,
+        Route::Refund(id) => money::refund(deps, partner, id, req).await,
+        Route::Void(id) => money::transaction_call(deps, partner, id, req, false).await,
+        Route::Reauthorize(id) => money::transaction_call(deps, partner, id, req, true).await,
     }
 }
 

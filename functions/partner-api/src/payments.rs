@@ -67,7 +67,13 @@ pub fn plan_payment_with(
         &b.payment_option_id,
         &b.klarna_network_data,
         &b.step_up_expiry_minutes,
+        &b.capture,
     )?;
+    if forwarded.capture_now && amount.is_none() {
+        return Err(
+            ApiError::bad_request("capture \"now\" needs an amount to capture").field("capture"),
+        );
+    }
     let kind = if scopes.is_some() {
         PaymentKind::TokenCreation
     } else {

@@ -36,6 +36,9 @@ pub struct CreatePayment {
     /// How long the customer has to finish a step-up, in minutes (Klarna: 15 min to 48 h).
     pub step_up_expiry_minutes: Option<Value>,
     pub request_token: Option<RequestToken>,
+    /// `"now"` captures the whole amount with the authorization (auto-capture); `"later"`
+    /// (the default) leaves it for `POST /v1/payments/{id}/captures`.
+    pub capture: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -59,6 +62,9 @@ pub struct ChargeToken {
     pub return_url: Option<String>,
     pub app_return_url: Option<String>,
     pub step_up_expiry_minutes: Option<Value>,
+    /// `"now"` captures the whole amount with the authorization (auto-capture); `"later"`
+    /// (the default) leaves it for `POST /v1/payments/{id}/captures`.
+    pub capture: Option<Value>,
 }
 
 /// A request body: typed, and as parsed JSON (keys sorted), which is the input of the idempotency
@@ -332,6 +338,20 @@ pub struct Forwarded {
     pub payment_option_id: Option<String>,
     pub network_data: Option<String>,
     pub interaction_expiry: Option<InteractionExpiry>,
+    /// Auto-capture: Klarna captures everything with the authorization.
+    pub capture_now: bool,
+}
+
+/// `capture`: `"now"` or `"later"` (the default).
+pub fn capture_mode(v: &Option<Value>) -> Result<bool, ApiError> {
+    match v {
+        None => Ok(false),
+        Some(Value::String(s)) if s == "now" => Ok(true),
+        Some(Value::String(s)) if s == "later" => Ok(false),
+        Some(_) => {
+            Err(ApiError::bad_request("capture must be \"now\" or \"later\"").field("capture"))
+        }
+    }
 }
 
 impl Forwarded {
@@ -343,6 +363,7 @@ impl Forwarded {
         payment_option_id: &Option<String>,
         network_data: &Option<String>,
         step_up_expiry_minutes: &Option<Value>,
+        capture: &Option<Value>,
     ) -> Result<Self, ApiError> {
         Ok(Self {
             reference: short_text(reference, "reference", 255)?,
@@ -352,6 +373,7 @@ impl Forwarded {
             payment_option_id: short_text(payment_option_id, "payment_option_id", 255)?,
             network_data: self::network_data(network_data)?,
             interaction_expiry: step_up_expiry(step_up_expiry_minutes)?,
+            capture_now: capture_mode(capture)?,
         })
     }
 
@@ -382,6 +404,9 @@ impl Forwarded {
                 amount,
                 payment_option_id: self.payment_option_id.clone(),
                 payment_transaction_reference: None,
+                capture: self
+                    .capture_now
+                    .then(|| shared::klarna::unconfirmed::CAPTURE_NOW.to_owned()),
             }),
             request_customer_token: scopes.map(|scopes| RequestCustomerToken {
                 scopes,

@@ -78,6 +78,7 @@ pub fn completed(id: &str, completed_at: DateTime<Utc>) -> PaymentRecord {
         completed_customer_token_sealed: None,
         finalize_lease_until_ms: None,
         klarna_transaction_id: None,
+        transaction: None,
         reason: None,
         created_at: completed_at - Duration::minutes(2),
         updated_at: completed_at,

@@ -11,6 +11,12 @@ use crate::klarna::{AuthorizeOutcome, AuthorizeRequest, AuthorizeResponse, Klarn
 use crate::store::records::PaymentRecord;
 use chrono::{DateTime, Utc};
 
+mod money;
+pub use money::{
+    apply_money, check_reauthorize, check_void, CaptureOrder, MoneyEvent, MoneyInput, MoneyRefusal,
+    RefundOrder, TransactionFacts,
+};
+
 /// Which authorize call an answer belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stage {
@@ -127,6 +133,10 @@ pub struct Effects {
     pub replace_request: Option<AuthorizeRequest>,
     /// The partner's answer is a refusal with Klarna's code.
     pub refusal: Option<KlarnaRefusal>,
+    /// Link Klarna's transaction to the payment, so its events find it.
+    pub link_transaction: Option<crate::ids::KlarnaTransactionId>,
+    /// Money notifications (captures, refunds, void, expiry, funding).
+    pub money: Vec<MoneyEvent>,
 }
 
 /// The next record and its effects.
@@ -314,6 +324,17 @@ fn authorized(payment: &PaymentRecord, input: Input<'_>, now: DateTime<Utc>) -> 
                 transaction_id,
                 customer_token,
             }) => {
+                if let (Some(id), Some(amount)) = (&transaction_id, payment.amount) {
+                    let pt = resp
+                        .payment_transaction_response
+                        .as_ref()
+                        .and_then(|t| t.payment_transaction.as_ref());
+                    let (t, events) =
+                        money::opened(amount, pt, now, |i| auto_capture_id(&payment.payment_id, i));
+                    next.transaction = Some(Box::new(t));
+                    effects.money = events;
+                    effects.link_transaction = Some(id.clone());
+                }
                 next.klarna_transaction_id = transaction_id;
                 let mut reason = None;
                 if payment.kind == PaymentKind::TokenCreation {
@@ -385,6 +406,14 @@ fn authorized(payment: &PaymentRecord, input: Input<'_>, now: DateTime<Utc>) -> 
     next.state = state;
     next.reason = reason;
     change(payment, next, effects)
+}
+
+/// Our id of the `i`th capture Klarna made with the authorization (stable across retries).
+fn auto_capture_id(payment: &crate::ids::PaymentId, i: usize) -> crate::ids::OperationId {
+    crate::ids::OperationId::new(format!(
+        "cap_{}",
+        crate::idempotency::derive(&[payment.as_str(), "auto-capture", &i.to_string()]).simple()
+    ))
 }
 
 /// A payment-request event while the step-up is open (pending or completed, not yet final).
@@ -467,3 +496,6 @@ fn step_up(payment: &PaymentRecord, input: Input<'_>, now: DateTime<Utc>) -> Dec
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod money_tests;

@@ -2,6 +2,7 @@
 //! Klarna outcome means for them. Pure code, no I/O.
 
 pub mod aggregate;
+pub mod money;
 pub mod payment;
 pub mod token;
 

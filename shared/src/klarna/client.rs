@@ -312,7 +312,7 @@ impl KlarnaClient {
         .map(|_| ())
     }
 
-    async fn send_json<B: Serialize + ?Sized, R: DeserializeOwned>(
+    pub(crate) async fn send_json<B: Serialize + ?Sized, R: DeserializeOwned>(
         &self,
         account: &KlarnaAccountId,
         method: Method,

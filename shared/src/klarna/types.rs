@@ -71,6 +71,10 @@ pub struct RequestPaymentTransaction {
     pub payment_option_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub payment_transaction_reference: Option<String>,
+    /// `"NOW"` captures the whole amount with the authorization (auto-capture); omitted leaves
+    /// the transaction AUTHORIZED for later captures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capture: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -115,6 +119,12 @@ pub struct PaymentTransaction {
     pub payment_transaction_id: KlarnaTransactionId,
     #[serde(default)]
     pub payment_transaction_reference: Option<String>,
+    /// The transaction's state after the authorize (COMPLETED on auto-capture).
+    #[serde(default)]
+    pub state: Option<String>,
+    /// On auto-capture: the capture Klarna made with the authorization.
+    #[serde(default)]
+    pub payment_captures: Vec<super::transactions::CaptureAnswer>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]

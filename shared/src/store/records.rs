@@ -19,6 +19,9 @@ pub fn token_sk(token_hash: &str) -> String {
 pub fn idempotency_sk(route: &str, key: &str) -> String {
     format!("IDEMPOTENCY#{route}#{key}")
 }
+pub fn transaction_pk(id: &KlarnaTransactionId) -> String {
+    format!("KLARNA_TRANSACTION#{id}")
+}
 pub fn payment_request_pk(id: &PaymentRequestId) -> String {
     format!("PAYMENT_REQUEST#{id}")
 }
@@ -75,6 +78,9 @@ pub struct PaymentRecord {
     /// concurrent jobs make one Klarna call.
     pub finalize_lease_until_ms: Option<i64>,
     pub klarna_transaction_id: Option<KlarnaTransactionId>,
+    /// Klarna's transaction after the authorize: captures, refunds, void, expiry, funding.
+    #[serde(default)]
+    pub transaction: Option<Box<crate::domain::money::Transaction>>,
     pub reason: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,

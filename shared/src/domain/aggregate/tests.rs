@@ -47,6 +47,7 @@ fn payment(state: PaymentState, kind: PaymentKind) -> PaymentRecord {
         completed_customer_token_sealed: None,
         finalize_lease_until_ms: None,
         klarna_transaction_id: None,
+        transaction: None,
         reason: None,
         created_at: now() - Duration::minutes(5),
         updated_at: now() - Duration::minutes(5),
