@@ -128,7 +128,7 @@ impl World {
             .header("Authorization", "Basic test-key")
             .json(&serde_json::json!({
                 "url": format!("{api_url}/webhooks/klarna"),
-                "event_types": ["payment.request.state-change.*"],
+                "event_types": ["payment.request.state-change.*", "payment.transaction.*"],
                 "event_version": "v2",
                 "signing_key_id": signing_key_id,
                 "status": "ENABLED"

@@ -798,6 +798,7 @@ async fn signing_key_commands_keep_the_file_store_and_a_table_store_is_refused()
         hook["webhook"]["event_types"],
         serde_json::json!([
             "payment.request.state-change.*",
+            "payment.transaction.*",
             "identity.customer-token.state-change.*"
         ])
     );

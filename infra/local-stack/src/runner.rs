@@ -120,7 +120,7 @@ pub async fn start(sdk: aws_config::SdkConfig, o: RunnerOptions) -> Result<Runni
         .header("Authorization", "Basic local")
         .json(&serde_json::json!({
             "url": format!("http://{api_addr}/webhooks/klarna"),
-            "event_types": ["payment.request.state-change.*", "identity.customer-token.state-change.*"],
+            "event_types": ["payment.request.state-change.*", "payment.transaction.*", "identity.customer-token.state-change.*"],
             "event_version": "v2", "signing_key_id": key_id, "status": "ENABLED"
         }))
         .send()

@@ -332,6 +332,17 @@ fn token_body(email: &str) -> Value {
            "request_token": {"scopes": ["payment:customer_present", "payment:customer_not_present"]}})
 }
 
+/// The same request with auto-capture (`capture: "now"`).
+fn auto_capture(mut body: Value) -> Value {
+    body["capture"] = json!("now");
+    body
+}
+
+fn one_time(amount: i64, reference: &str) -> Value {
+    json!({"amount": amount, "currency": "EUR", "reference": reference, "return_url": "https://shop.example/return",
+           "purchase_data": {"customer": {"email": "customer@example.com"}}})
+}
+
 fn charge(amount: i64, present: bool, email: &str) -> Value {
     let mut b = json!({"amount": amount, "currency": "EUR", "customer_present": present, "purchase_data": {"customer": {"email": email}}});
     if present {
@@ -492,18 +503,28 @@ async fn flow_c(c: &mut Ctx<'_>, token: &str, klarna_token: &str) -> StepResult 
             "POST",
             &path,
             Some("walk-c-1"),
-            Some(charge(990, false, "customer@example.com")),
+            Some(auto_capture(charge(990, false, "customer@example.com"))),
         )
         .await;
     c.klarna_activity();
     c.check(
-        "C: subscription charge, nobody present",
-        status == 201 && v["state"] == "AUTHORIZED",
-        &format!("{status} {}", v["state"].as_str().unwrap_or("?")),
+        "C: subscription charge, nobody present, captured at once",
+        status == 201
+            && v["state"] == "AUTHORIZED"
+            && v["transaction"]["captured_amount"] == 990
+            && v["transaction"]["state"] == "COMPLETED",
+        &format!(
+            "{status} {} captured {}",
+            v["state"].as_str().unwrap_or("?"),
+            v["transaction"]["captured_amount"]
+        ),
         t,
     )?;
-    c.step_notifications("C: partner is notified", &["payment.authorized"])
-        .await?;
+    c.step_notifications(
+        "C: partner is notified",
+        &["payment.authorized", "payment.captured"],
+    )
+    .await?;
     let t = Instant::now();
     let revoked = c
         .sim_post(
@@ -540,6 +561,150 @@ async fn flow_c(c: &mut Ctx<'_>, token: &str, klarna_token: &str) -> StepResult 
         &format!("{status} {}", v["error"]["code"].as_str().unwrap_or("?")),
         t,
     )
+}
+
+/// An authorized one-time payment (through the step-up journey); its payment id.
+async fn one_time_authorized(
+    c: &mut Ctx<'_>,
+    label: &str,
+    idem: &str,
+    amount: i64,
+) -> Result<String, String> {
+    let got = step_up_and_complete(
+        c,
+        label,
+        "/v1/payments",
+        idem,
+        one_time(amount, idem),
+        &["payment.step_up_required", "payment.authorized"],
+    )
+    .await?;
+    Ok(got[1]
+        .data
+        .payment_id
+        .as_ref()
+        .map(|p| p.to_string())
+        .unwrap_or_default())
+}
+
+/// One money call and its check.
+async fn money_step(
+    c: &mut Ctx<'_>,
+    name: &str,
+    path: &str,
+    idem: &str,
+    body: Value,
+    expect: u16,
+) -> Result<Value, String> {
+    let t = Instant::now();
+    let (status, v) = c.partner("POST", path, Some(idem), Some(body)).await;
+    c.klarna_activity();
+    let totals = &v["transaction"];
+    let detail = format!(
+        "{status} {} captured {} refunded {} voided {} remaining {}",
+        v["operation"]["state"]
+            .as_str()
+            .or(totals["state"].as_str())
+            .unwrap_or("?"),
+        totals["captured_amount"],
+        totals["refunded_amount"],
+        totals["voided_amount"],
+        totals["remaining_amount"]
+    );
+    c.check(name, status == expect, &detail, t)?;
+    Ok(v)
+}
+
+async fn money(c: &mut Ctx<'_>) -> StepResult {
+    let id = one_time_authorized(c, "Shop", "walk-m-1", 10000).await?;
+    let caps = format!("/v1/payments/{id}/captures");
+    let first = money_step(
+        c,
+        "Ship the first parcel: capture 6000 with tracking",
+        &caps,
+        "walk-m-cap-1",
+        json!({"amount": 6000, "reference": "parcel-1",
+               "shipping": {"shipping_carrier": "DHL", "tracking_number": "JJD0001", "tracking_url": "https://track.example/JJD0001"}}),
+        201,
+    )
+    .await?;
+    money_step(
+        c,
+        "Ship the rest: capture what remains",
+        &caps,
+        "walk-m-cap-2",
+        json!({}),
+        201,
+    )
+    .await?;
+    c.step_notifications(
+        "Partner is told of both captures",
+        &["payment.captured", "payment.captured"],
+    )
+    .await?;
+    let capture_1 = first["operation"]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    money_step(
+        c,
+        "A return: refund 2500 of the first parcel",
+        &format!("/v1/payments/{id}/refunds"),
+        "walk-m-ref-1",
+        json!({"amount": 2500, "capture_id": capture_1, "reason": "RETURN"}),
+        201,
+    )
+    .await?;
+    c.step_notifications("Partner is told of the refund", &["payment.refunded"])
+        .await?;
+    let t = Instant::now();
+    let (status, v) = c
+        .partner(
+            "POST",
+            &caps,
+            Some("walk-m-cap-3"),
+            Some(json!({"amount": 1})),
+        )
+        .await;
+    c.check(
+        "Nothing is left to capture: refused before Klarna",
+        status == 409,
+        &format!("{status} {}", v["error"]["code"].as_str().unwrap_or("?")),
+        t,
+    )?;
+
+    let id = one_time_authorized(c, "Partly cancelled order", "walk-m-2", 8000).await?;
+    money_step(
+        c,
+        "Ship one item: capture 3000",
+        &format!("/v1/payments/{id}/captures"),
+        "walk-m-cap-4",
+        json!({"amount": 3000}),
+        201,
+    )
+    .await?;
+    let v = money_step(
+        c,
+        "Cancel the remainder: void gives 5000 back",
+        &format!("/v1/payments/{id}/void"),
+        "walk-m-void-1",
+        json!({}),
+        200,
+    )
+    .await?;
+    let t = Instant::now();
+    c.check(
+        "The transaction is COMPLETED with 5000 voided",
+        v["transaction"]["voided_amount"] == 5000 && v["transaction"]["state"] == "COMPLETED",
+        &format!(
+            "{} voided {}",
+            v["transaction"]["state"], v["transaction"]["voided_amount"]
+        ),
+        t,
+    )?;
+    c.step_notifications("Partner is told", &["payment.captured", "payment.voided"])
+        .await
+        .map(|_| ())
 }
 
 async fn lifecycle(c: &mut Ctx<'_>) -> StepResult {
@@ -717,7 +882,12 @@ pub async fn run(running: &Running, style: Style) -> Report {
     }
     println!("\n{}", style.bold("5. Token introspection and revocation"));
     let _ = lifecycle(&mut c).await;
-    println!("\n{}", style.bold("6. A misbehaving world"));
+    println!(
+        "\n{}",
+        style.bold("6. Money after the authorize: ship in parts, a return, a cancelled remainder")
+    );
+    let _ = money(&mut c).await;
+    println!("\n{}", style.bold("7. A misbehaving world"));
     let _ = misbehaving_world(&mut c).await;
     summary(&mut c).await;
     c.report
@@ -755,6 +925,21 @@ async fn summary(c: &mut Ctx<'_>) {
         *by_state.entry(s.as_str()).or_default() += 1;
     }
     println!("  payments by state      {}", fmt_map(&by_state));
+    let mut amounts: BTreeMap<&str, i64> = BTreeMap::new();
+    for id in c.report.payments.keys().cloned().collect::<Vec<_>>() {
+        let (_, v) = c.get_quiet(&format!("/v1/payments/{id}")).await;
+        let t = &v["transaction"];
+        for (name, field) in [
+            ("authorized", "authorized_amount"),
+            ("captured", "captured_amount"),
+            ("refunded", "refunded_amount"),
+            ("voided", "voided_amount"),
+            ("capturable", "remaining_amount"),
+        ] {
+            *amounts.entry(name).or_default() += t[field].as_i64().unwrap_or(0);
+        }
+    }
+    println!("  amounts (EUR cents)    {}", fmt_map(&amounts));
     println!(
         "  notifications received {}",
         fmt_map(&c.report.notifications)

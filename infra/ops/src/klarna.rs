@@ -179,6 +179,8 @@ pub struct SigningKeyInfo {
 /// The event types this backend handles.
 pub const WEBHOOK_EVENT_TYPES: &[&str] = &[
     "payment.request.state-change.*",
+    // Captures, transaction state changes (expiry, completion, close) and funding.
+    "payment.transaction.*",
     // Klarna-side token revocation: the partner's token follows at once.
     "identity.customer-token.state-change.*",
 ];
