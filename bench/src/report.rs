@@ -125,18 +125,24 @@ pub struct Meta {
     pub elapsed_secs: Option<f64>,
 }
 
-/// Public prices as of 2025 (us-east-1 list prices; see docs/performance.md).
+/// Public us-east-1 list prices, checked 2026-12-01 (see docs/performance.md). Each names its
+/// source; update the date with the figures.
 pub mod prices {
-    /// Lambda arm64, per GB-second.
+    /// When the figures below were last checked against their sources.
+    pub const CHECKED: &str = "2026-12-01";
+    /// Lambda arm64, per GB-second (first 7.5 B GB-s per month). Source: aws.amazon.com/lambda/pricing.
     pub const LAMBDA_ARM64_GB_S: f64 = 0.000_013_333_4;
     /// The functions' memory size (template.yaml).
     pub const MEMORY_GB: f64 = 0.125;
     /// Per request.
     pub const LAMBDA_REQUEST: f64 = 0.20 / 1e6;
-    /// DynamoDB on demand, per write / read request unit.
-    pub const WRU: f64 = 1.25 / 1e6;
-    pub const RRU: f64 = 0.25 / 1e6;
-    /// SQS per request (64 KB chunk), standard and FIFO.
+    /// DynamoDB on demand, per write / read request unit, after the 50 % cut of 1 November 2024
+    /// ($1.25 / $0.25 before). Source: aws.amazon.com/dynamodb/pricing/on-demand and AWS's
+    /// announcement of 14 November 2024 ("DynamoDB reduces prices for on-demand throughput").
+    pub const WRU: f64 = 0.625 / 1e6;
+    pub const RRU: f64 = 0.125 / 1e6;
+    /// SQS per request (64 KB chunk), standard and FIFO (first 100 B requests per month).
+    /// Source: aws.amazon.com/sqs/pricing.
     pub const SQS_STANDARD: f64 = 0.40 / 1e6;
     pub const SQS_FIFO: f64 = 0.50 / 1e6;
     /// Lambda duration per ms at 128 MB.
@@ -298,11 +304,13 @@ fn cost_model(
     let mut out = serde_json::Map::new();
     let _ = writeln!(
         md,
-        "Prices are public AWS list prices (us-east-1) as of 2025, from the AWS price pages. \
+        "Prices are public AWS list prices (us-east-1), checked {checked} on the AWS price pages. \
          Lambda arm64 at 128 MB: $0.0000133334 per GB-s × 0.125 GB / 1000 = ${per_ms:.10} per ms; \
-         requests $0.20 per 1M. DynamoDB on demand: $1.25 per 1M WRU, $0.25 per 1M RRU. \
-         SQS: $0.40 per 1M requests (FIFO $0.50). CPU measured here is scaled by 1769/128 = {CPU_SCALE_128MB:.2} \
-         (Lambda's CPU share at 128 MB). Durations are billed per started ms.\n"
+         requests $0.20 per 1M (aws.amazon.com/lambda/pricing). DynamoDB on demand: $0.625 per 1M WRU, \
+         $0.125 per 1M RRU since the 50 % cut of 1 November 2024 (aws.amazon.com/dynamodb/pricing/on-demand). \
+         SQS: $0.40 per 1M requests (FIFO $0.50; aws.amazon.com/sqs/pricing). CPU measured here is scaled by 1769/128 = {CPU_SCALE_128MB:.2} \
+         (Lambda's CPU share at 128 MB). Durations are billed per started ms.\n",
+        checked = prices::CHECKED
     );
     for (flow, description, invocations) in flows {
         let _ = writeln!(md, "#### Per 1M {flow}\n\n{description}.\n");
@@ -339,7 +347,7 @@ fn cost_model(
             if inv.rru > 0.0 {
                 let _ = writeln!(
                     md,
-                    "| DynamoDB reads | {} = {} RRU × $0.25 | {} |",
+                    "| DynamoDB reads | {} = {} RRU × $0.125 | {} |",
                     inv.rru_text,
                     inv.rru,
                     money(rru)
@@ -348,7 +356,7 @@ fn cost_model(
             if inv.wru > 0.0 {
                 let _ = writeln!(
                     md,
-                    "| DynamoDB writes | {} = {} WRU × $1.25 | {} |",
+                    "| DynamoDB writes | {} = {} WRU × $0.625 | {} |",
                     inv.wru_text,
                     inv.wru,
                     money(wru)
@@ -391,7 +399,7 @@ fn cost_model(
         "assumptions".into(),
         json!({"ddb_item_ms": DDB_ITEM_MS, "ddb_transaction_ms": DDB_TX_MS, "sqs_ms": SQS_MS,
                "klarna_authorize_ms": KLARNA_MS, "cpu_scale_128mb": CPU_SCALE_128MB,
-               "prices_as_of": "2025, public AWS price pages (us-east-1)",
+               "prices_as_of": format!("{}, public AWS price pages (us-east-1)", prices::CHECKED),
                "lambda_usd_per_ms_128mb_arm64": per_ms}),
     );
     (md, Value::Object(out))
