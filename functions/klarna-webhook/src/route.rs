@@ -245,4 +245,72 @@ mod tests {
             );
         }
     }
+
+    fn transaction_body(event_type: &str, payload: serde_json::Value) -> Vec<u8> {
+        json!({
+            "metadata": {"event_id": "evt-t", "event_type": event_type,
+                         "event_version": "v2", "occurred_at": Utc::now().to_rfc3339()},
+            "payload": payload
+        })
+        .to_string()
+        .into_bytes()
+    }
+
+    #[test]
+    fn transaction_events_route_by_type_and_unknown_ones_are_kept() {
+        let now = Utc::now();
+        let captured = transaction_body(
+            "payment.transaction.captured",
+            json!({"payment_transaction_id": "krn:tx:1", "payment_capture_id": "krn:cap:1",
+                   "capture_amount": 300, "state": "AUTHORIZED"}),
+        );
+        assert!(matches!(
+            routed(&captured, now),
+            Ok(Routed::Transaction { kind: TransactionEventKind::Captured, change, .. })
+                if change.capture_amount == Some(300)
+        ));
+        let expired = transaction_body(
+            "payment.transaction.state-change.expired",
+            json!({"payment_transaction_id": "krn:tx:1", "state": "EXPIRED"}),
+        );
+        assert!(matches!(
+            routed(&expired, now),
+            Ok(Routed::Transaction {
+                kind: TransactionEventKind::StateChange(shared::klarna::TransactionState::Expired),
+                ..
+            })
+        ));
+        let funding = transaction_body(
+            "payment.transaction.funding.state-change.funded",
+            json!({"payment_transaction_id": "krn:tx:1", "payment_funding": {"type": "GUARANTEED", "state": "FUNDED"}}),
+        );
+        assert!(matches!(
+            routed(&funding, now),
+            Ok(Routed::Transaction {
+                kind: TransactionEventKind::Funding,
+                ..
+            })
+        ));
+        // An unknown state, a payload without the transaction, or an id the store would refuse:
+        // acknowledged and kept, never applied.
+        for (t, p) in [
+            (
+                "payment.transaction.state-change.frozen",
+                json!({"payment_transaction_id": "krn:tx:1"}),
+            ),
+            ("payment.transaction.captured", json!({"capture_amount": 1})),
+            (
+                "payment.transaction.captured",
+                json!({"payment_transaction_id": ""}),
+            ),
+        ] {
+            assert!(
+                matches!(
+                    routed(&transaction_body(t, p), now),
+                    Ok(Routed::Unrouted(_))
+                ),
+                "{t}"
+            );
+        }
+    }
 }

@@ -24,8 +24,22 @@ use shared::store::records::{IdempotencyRecord, PartnerRecord, PaymentRecord};
 use shared::store::StoreError;
 
 /// Attempts when concurrent captures, refunds or Klarna's events change the payment between our
-/// read and our write. Each attempt decides again from a fresh read.
-const ATTEMPTS: usize = 20;
+/// read and our write. Each attempt decides again from a fresh read, after a jittered pause, so
+/// a burst of captures on one payment serialises instead of failing.
+const ATTEMPTS: u32 = 64;
+
+async fn backoff(attempt: u32) {
+    if attempt == 0 {
+        return;
+    }
+    let jitter = shared::crypto::random_bytes(1)
+        .map(|b| u64::from(b[0]))
+        .unwrap_or(128);
+    tokio::time::sleep(std::time::Duration::from_millis(
+        1 + jitter % (4 << attempt.min(3)),
+    ))
+    .await;
+}
 
 fn refused(r: MoneyRefusal) -> PartnerApiError {
     let mut e = ApiError::new(r.http_status(), r.code(), r.to_string());
@@ -202,7 +216,8 @@ async fn settle<'a>(
     input: impl Fn() -> MoneyInput<'a>,
     claim: Option<(&IdempotencyRecord, &shared::repo::AnswerFn<'_>)>,
 ) -> Result<(PaymentRecord, Option<(u16, String)>), PartnerApiError> {
-    for _ in 0..ATTEMPTS {
+    for attempt in 0..ATTEMPTS {
+        backoff(attempt).await;
         let change = match aggregate::apply_money(&current, input(), Utc::now()) {
             Ok(Decision::Change(c)) => c,
             Ok(Decision::Unchanged(_)) => return Ok((current, None)),
