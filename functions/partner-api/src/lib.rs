@@ -163,6 +163,8 @@ pub enum Route<'a> {
     ChargeToken(&'a str),
     Capture(&'a str),
     Refund(&'a str),
+    ListCaptures(&'a str),
+    ListRefunds(&'a str),
     Void(&'a str),
     Reauthorize(&'a str),
 }
@@ -181,6 +183,8 @@ impl<'a> Route<'a> {
             ("POST", ["v1", "payments", id, "captures"]) => Route::Capture(id),
             ("POST", ["v1", "payments", id, "refunds"]) => Route::Refund(id),
             ("POST", ["v1", "payments", id, "void"]) => Route::Void(id),
+            ("GET", ["v1", "payments", id, "captures"]) => Route::ListCaptures(id),
+            ("GET", ["v1", "payments", id, "refunds"]) => Route::ListRefunds(id),
             ("POST", ["v1", "payments", id, "reauthorize"]) => Route::Reauthorize(id),
             _ => return None,
         })
@@ -197,6 +201,8 @@ impl<'a> Route<'a> {
             Route::Capture(_) => "capture",
             Route::Refund(_) => "refund",
             Route::Void(_) => "void",
+            Route::ListCaptures(_) => "list_captures",
+            Route::ListRefunds(_) => "list_refunds",
             Route::Reauthorize(_) => "reauthorize",
         }
     }
@@ -225,6 +231,8 @@ async fn route(
         Route::Capture(id) => money::capture(deps, partner, id, req).await,
         Route::Refund(id) => money::refund(deps, partner, id, req).await,
         Route::Void(id) => money::transaction_call(deps, partner, id, req, false).await,
+        Route::ListCaptures(id) => money::list(deps, partner, id, req, false).await,
+        Route::ListRefunds(id) => money::list(deps, partner, id, req, true).await,
         Route::Reauthorize(id) => money::transaction_call(deps, partner, id, req, true).await,
     }
 }

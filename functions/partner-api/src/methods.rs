@@ -70,7 +70,7 @@ fn locale(v: Option<&str>) -> Result<Option<String>, ApiError> {
 
 /// The query string, strictly: each parameter at most once (API Gateway joins repeated ones with
 /// commas, so `first()` would silently pick one), decoded from the raw string.
-fn strict_query(raw: &str) -> Result<HashMap<String, String>, ApiError> {
+pub(crate) fn strict_query(raw: &str) -> Result<HashMap<String, String>, ApiError> {
     let mut out = HashMap::new();
     for (name, value) in url::form_urlencoded::parse(raw.as_bytes()) {
         if out.insert(name.to_string(), value.to_string()).is_some() {

@@ -602,3 +602,66 @@ async fn run_transaction_call(
     };
     Ok(raw_json(status, body))
 }
+
+/// Page size of the operation lists: default and most.
+const PAGE_DEFAULT: usize = 20;
+const PAGE_MAX: usize = 100;
+
+/// `GET /v1/payments/{id}/captures` and `/refunds`: the payment's operations, oldest first, in
+/// pages (`limit` 1–100, default 20; `starting_after` the last id of the previous page).
+pub async fn list(
+    deps: &Deps,
+    partner: &PartnerRecord,
+    id: &str,
+    req: &ApiGatewayV2httpRequest,
+    refunds: bool,
+) -> Result<ApiGatewayV2httpResponse, PartnerApiError> {
+    let query = crate::methods::strict_query(req.raw_query_string.as_deref().unwrap_or(""))?;
+    if let Some(unknown) = query
+        .keys()
+        .find(|k| !matches!(k.as_str(), "limit" | "starting_after"))
+    {
+        return Err(
+            ApiError::bad_request(format!("unknown query parameter {unknown}"))
+                .field(unknown.clone())
+                .into(),
+        );
+    }
+    let limit = match query.get("limit") {
+        None => PAGE_DEFAULT,
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=PAGE_MAX).contains(n))
+            .ok_or_else(|| {
+                ApiError::bad_request(format!("limit must be 1 to {PAGE_MAX}")).field("limit")
+            })?,
+    };
+    let payment = load(&deps.repo, partner, id).await?;
+    let all: Vec<OperationView> = match payment.transaction.as_deref() {
+        Some(t) if refunds => t.refunds.iter().map(OperationView::refund).collect(),
+        Some(t) => t.captures.iter().map(OperationView::capture).collect(),
+        None => Vec::new(),
+    };
+    let start = match query.get("starting_after") {
+        None => 0,
+        Some(after) => {
+            all.iter()
+                .position(|o| o.id.as_str() == after)
+                .ok_or_else(|| {
+                    ApiError::bad_request("starting_after names no operation of this payment")
+                        .field("starting_after")
+                })?
+                + 1
+        }
+    };
+    let page: Vec<&OperationView> = all.iter().skip(start).take(limit).collect();
+    let has_more = start + page.len() < all.len();
+    let body = serde_json::json!({
+        "payment_id": payment.payment_id,
+        "data": page,
+        "has_more": has_more,
+        "next_starting_after": if has_more { page.last().map(|o| o.id.to_string()) } else { None },
+    });
+    Ok(h::json_response(200, &body))
+}
