@@ -29,6 +29,9 @@ pub(crate) fn routes() -> Router<Arc<Shared>> {
         .route("/_sim/partners/{account_id}", put(set_partner_name))
         .route("/_sim/payment-requests/{id}", get(read_pr))
         .route("/_sim/payment-requests/{id}/{action}", post(journey))
+        .route("/_sim/transactions/{id}", get(read_transaction))
+        .route("/_sim/transactions/{id}/expire", post(expire_transaction))
+        .route("/_sim/transactions/{id}/funding", post(set_funding))
         .route("/_sim/customer-tokens/revoke", post(revoke_token))
         .route("/_sim/requests", get(list_requests).delete(clear_requests))
         .route(
@@ -111,6 +114,64 @@ async fn read_pr(State(s): St, Path(id): Path<String>) -> Response {
     match w.prs.get(&id) {
         Some(pr) => ok(pr.to_json()),
         None => render(&journey_error(&JourneyError::NotFound(id))),
+    }
+}
+
+async fn read_transaction(State(s): St, Path(id): Path<String>) -> Response {
+    match s.lock().transaction_json(&id) {
+        Some(t) => ok(t),
+        None => render(&ApiResponse::error(
+            unconfirmed::RESOURCE_NOT_FOUND,
+            format!("Payment transaction {id} not found"),
+        )),
+    }
+}
+
+/// AUTHORIZED -> EXPIRED now (`state-change.expired` webhook); 409 in another state.
+async fn expire_transaction(State(s): St, Path(id): Path<String>) -> Response {
+    match s.lock().expire_transaction(&id) {
+        Ok(t) => ok(t),
+        Err(e) => render(&e),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct Funding {
+    state: String,
+    #[serde(rename = "type")]
+    funding_type: Option<String>,
+}
+
+/// `{"state": "FUNDED"|"EXPIRED"|"PENDING", "type"?: "GUARANTEED"|"NON_GUARANTEED"}`; a state
+/// change fires the funding webhook.
+async fn set_funding(State(s): St, Path(id): Path<String>, body: Bytes) -> Response {
+    use crate::transaction::{FUNDING_STATES, FUNDING_TYPES};
+    let f = match parse::<Funding>(&body) {
+        Ok(f) => f,
+        Err(e) => return bad_request(e),
+    };
+    if !FUNDING_STATES.contains(&f.state.as_str()) {
+        return render(&ApiResponse::invalid(
+            "state",
+            &format!("must be one of {}", FUNDING_STATES.join(", ")),
+        ));
+    }
+    if let Some(t) = f
+        .funding_type
+        .as_deref()
+        .filter(|t| !FUNDING_TYPES.contains(t))
+    {
+        return render(&ApiResponse::invalid(
+            "type",
+            &format!("'{t}' is not one of {}", FUNDING_TYPES.join(", ")),
+        ));
+    }
+    match s
+        .lock()
+        .set_funding(&id, &f.state, f.funding_type.as_deref())
+    {
+        Ok(t) => ok(t),
+        Err(e) => render(&e),
     }
 }
 

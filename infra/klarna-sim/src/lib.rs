@@ -1,6 +1,7 @@
 //! A stateful Klarna sandbox simulator for tests and local runs: Payment Authorize, Payment
-//! Request, Identity and Notifications APIs, signed webhooks with retries, fault injection and a
-//! simulated clock. Each [`Simulator::start`] owns its own state, so parallel tests do not mix.
+//! Request, Payment Transaction (capture, refund, void, reauthorize), Identity and Notifications
+//! APIs, signed webhooks with retries, fault injection and a simulated clock. Each
+//! [`Simulator::start`] owns its own state, so parallel tests do not mix.
 //!
 //! Choices on points Klarna's material leaves open are all in [`unconfirmed`].
 
@@ -16,6 +17,7 @@ mod redact;
 mod rules;
 mod server;
 mod state;
+mod transaction;
 pub mod unconfirmed;
 mod webhooks;
 mod world;
@@ -255,6 +257,39 @@ impl SimHandle {
         let mut w = self.inner.shared.lock();
         w.expire_if_due(id);
         w.prs.get(id).map(|pr| pr.to_json())
+    }
+
+    /// A payment transaction as `GET` returns it (after lazy expiry), if it exists.
+    pub fn transaction(&self, id: &str) -> Option<Value> {
+        self.inner.shared.lock().transaction_json(id)
+    }
+
+    /// Expires an AUTHORIZED transaction now (`state-change.expired` webhook). None if it does
+    /// not exist or is not AUTHORIZED.
+    pub fn expire_transaction(&self, id: &str) -> Option<Value> {
+        self.inner.shared.lock().expire_transaction(id).ok()
+    }
+
+    /// Sets a transaction's `payment_funding` (`state`: PENDING, FUNDED or EXPIRED; `type`:
+    /// GUARANTEED or NON_GUARANTEED); a state change fires the funding webhook. None if the
+    /// transaction does not exist or a value is not one of those.
+    pub fn set_transaction_funding(
+        &self,
+        id: &str,
+        state: &str,
+        funding_type: Option<&str>,
+    ) -> Option<Value> {
+        use transaction::{FUNDING_STATES, FUNDING_TYPES};
+        if !FUNDING_STATES.contains(&state)
+            || funding_type.is_some_and(|t| !FUNDING_TYPES.contains(&t))
+        {
+            return None;
+        }
+        self.inner
+            .shared
+            .lock()
+            .set_funding(id, state, funding_type)
+            .ok()
     }
 
     /// The customer opens the payment request URL (-> IN_PROGRESS).

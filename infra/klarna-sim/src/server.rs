@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::api;
+use crate::api::transactions::TxPath;
 use crate::error::{ApiResponse, ParamError};
 use crate::faults::{self, FaultKind};
 use crate::unconfirmed;
@@ -35,6 +36,20 @@ pub enum Route {
     SigningKeys,
     Webhooks,
     Presentation,
+    /// `GET …/payment/transactions/{id}`.
+    ReadPaymentTransaction,
+    /// `POST …/transactions/{id}/captures`.
+    CapturePaymentTransaction,
+    /// `POST …/transactions/{id}/refunds` (allocated over the captures).
+    RefundPaymentTransaction,
+    /// `POST …/transactions/{id}/captures/{capture_id}/refunds`.
+    RefundPaymentCapture,
+    VoidPaymentTransaction,
+    ReauthorizePaymentTransaction,
+    /// `GET …/transactions/{id}/captures/{capture_id}`.
+    ReadPaymentCapture,
+    /// `GET …/transactions/{id}/refunds/{refund_id}`.
+    ReadPaymentRefund,
     Other,
 }
 
@@ -59,16 +74,31 @@ pub struct LoggedRequest {
 /// The path, matched, with its parameters (percent-decoded).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Matched {
-    Authorize { account: String },
-    PaymentRequest { id: String },
+    Authorize {
+        account: String,
+    },
+    PaymentRequest {
+        id: String,
+    },
+    Transaction {
+        account: String,
+        id: String,
+        sub: TxPath,
+    },
     Introspect,
     Revoke,
     Presentation,
     SigningKeys,
-    SigningKey { id: String },
+    SigningKey {
+        id: String,
+    },
     Webhooks,
-    Webhook { id: String },
-    WebhookSimulate { id: String },
+    Webhook {
+        id: String,
+    },
+    WebhookSimulate {
+        id: String,
+    },
     NotFound,
 }
 
@@ -177,6 +207,14 @@ pub(crate) fn match_path(path: &str, default_account: &str) -> Matched {
         },
         ["payment", "requests", id] => Matched::PaymentRequest { id: id.to_string() },
         ["payment", "presentation"] => Matched::Presentation,
+        ["payment", "transactions", id, tail @ ..] => match TxPath::parse(tail) {
+            Some(sub) => Matched::Transaction {
+                account: account.to_string(),
+                id: id.to_string(),
+                sub,
+            },
+            None => Matched::NotFound,
+        },
         r if r == unconfirmed::INTROSPECT_PATH => Matched::Introspect,
         r if r == unconfirmed::REVOKE_PATH => Matched::Revoke,
         _ => Matched::NotFound,
@@ -199,6 +237,17 @@ impl Matched {
                 Method::GET => Route::ReadPaymentRequest,
                 Method::PUT | Method::PATCH => Route::UpdatePaymentRequest,
                 Method::DELETE => Route::CancelPaymentRequest,
+                _ => Route::Other,
+            },
+            Matched::Transaction { sub, .. } => match (sub, method.clone()) {
+                (TxPath::Root, Method::GET) => Route::ReadPaymentTransaction,
+                (TxPath::Captures, Method::POST) => Route::CapturePaymentTransaction,
+                (TxPath::Capture(_), Method::GET) => Route::ReadPaymentCapture,
+                (TxPath::CaptureRefunds(_), Method::POST) => Route::RefundPaymentCapture,
+                (TxPath::Refunds, Method::POST) => Route::RefundPaymentTransaction,
+                (TxPath::Refund(_), Method::GET) => Route::ReadPaymentRefund,
+                (TxPath::Void, Method::POST) => Route::VoidPaymentTransaction,
+                (TxPath::Reauthorize, Method::POST) => Route::ReauthorizePaymentTransaction,
                 _ => Route::Other,
             },
             Matched::Introspect => Route::Introspect,
@@ -249,6 +298,20 @@ fn dispatch(w: &mut World, m: &Matched, ctx: &Ctx<'_>) -> ApiResponse {
             M::DELETE => api::requests::cancel(w, id),
             _ => method_not_allowed(&method),
         },
+        Matched::Transaction { account, id, sub } => {
+            use api::transactions as tx;
+            match (sub, method.clone()) {
+                (TxPath::Root, M::GET) => tx::read(w, account, id),
+                (TxPath::Captures, M::POST) => tx::capture(w, account, id, ctx),
+                (TxPath::Capture(c), M::GET) => tx::read_capture(w, account, id, c),
+                (TxPath::CaptureRefunds(c), M::POST) => tx::refund(w, account, id, Some(c), ctx),
+                (TxPath::Refunds, M::POST) => tx::refund(w, account, id, None, ctx),
+                (TxPath::Refund(r), M::GET) => tx::read_refund(w, account, id, r),
+                (TxPath::Void, M::POST) => tx::void(w, account, id, ctx),
+                (TxPath::Reauthorize, M::POST) => tx::reauthorize(w, account, id, ctx),
+                _ => method_not_allowed(&method),
+            }
+        }
         Matched::Introspect => match method {
             M::POST => api::identity::introspect(w, ctx),
             _ => method_not_allowed(&method),
@@ -506,6 +569,29 @@ mod tests {
         assert_eq!(
             match_path("/v2/notification/webhooks", d),
             Matched::Webhooks
+        );
+        assert_eq!(
+            match_path(
+                "/v2/accounts/a/payment/transactions/krn:payment:eu1:transaction:1/captures/c/refunds",
+                d
+            ),
+            Matched::Transaction {
+                account: "a".into(),
+                id: "krn:payment:eu1:transaction:1".into(),
+                sub: TxPath::CaptureRefunds("c".into()),
+            }
+        );
+        assert_eq!(
+            match_path("/v2/payment/transactions/t", d),
+            Matched::Transaction {
+                account: d.into(),
+                id: "t".into(),
+                sub: TxPath::Root,
+            }
+        );
+        assert_eq!(
+            match_path("/v2/accounts/a/payment/transactions/t/nope", d),
+            Matched::NotFound
         );
         assert_eq!(match_path("/v3/nope", d), Matched::NotFound);
     }

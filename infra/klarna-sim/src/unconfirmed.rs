@@ -13,6 +13,18 @@
 //!   // Source: after-payments §1 (interoperability data forwarded unmodified); confidence: Med
 //! - `payment_option_id` at authorize is type-checked only; unknown ids are accepted.
 //!   // Source: open-points §2 (optional); confidence: Low
+//! - Payment transaction events: every payload is the transaction after the change; a capture
+//!   that completes the transaction emits `captured`, then `state-change.completed`; auto-capture
+//!   emits the same pair (previous_state AUTHORIZED); a clock jump past expiry and grace emits
+//!   `expired`, then `closed`/`completed`. `previous_state` is the state before the latest state
+//!   change (null if none yet). Refunds emit no event (none is listed).
+//!   // Source: after-payments §2 (event names only); confidence: Low
+//! - A transaction belongs to the account in the authorize path (`/v2/payment/...`: the default
+//!   account); any other account reading or changing it gets 404 NOT_FOUND.
+//!   // Source: none (Klarna scopes resources to the partner account); confidence: Med
+//! - Check order on a transaction operation: idempotency key, existence, body, state (409),
+//!   limits (403), amount (400).
+//!   // Source: none (chosen); confidence: Low
 
 use chrono::{DateTime, Duration, Utc};
 use serde_json::Value;
@@ -441,6 +453,108 @@ pub const WEBHOOK_TIMEOUT_SECS: u64 = 10;
 /// event before it is delivered anyway (real milliseconds), so it is never lost.
 // Source: not Klarna's (simulator fault timing); confidence: n/a
 pub const OUT_OF_ORDER_RELEASE_MS: u64 = 2_000;
+
+// ---------------------------------------------------------------------------------------------
+// Payment Transaction API (after the authorize)
+// ---------------------------------------------------------------------------------------------
+
+/// Documented: Read is `GET /v2/accounts/{id}/payment/transactions/{payment_transaction_id}`.
+/// Unconfirmed (after-payments §2, INFERRED): the sub-resources under it. Chosen: `captures`,
+/// `captures/{id}`, `captures/{id}/refunds`, `refunds`, `refunds/{id}`, `void`, `reauthorize`.
+// Source: after-payments §2 (read path documented; the rest inferred from Klarna's REST layout); confidence: Med (read), Low (rest)
+pub const CAPTURES_SEGMENT: &str = "captures";
+pub const REFUNDS_SEGMENT: &str = "refunds";
+pub const VOID_SEGMENT: &str = "void";
+pub const REAUTHORIZE_SEGMENT: &str = "reauthorize";
+
+/// Unconfirmed: how long an authorization stays capturable. Chosen: 28 days (common card/BNPL
+/// practice; Klarna's material gives no number for the Network API).
+// Source: none (chosen); confidence: Low
+pub const AUTHORIZATION_VALIDITY: Duration = Duration::days(28);
+
+/// Documented: an EXPIRED transaction can be reauthorized within 7 days, else it ends.
+// Source: after-payments §2 (D/…/after-payments/manage-payment-transactions); confidence: Med
+pub const REAUTHORIZATION_GRACE: Duration = Duration::days(7);
+
+/// Documented: at most 200 captures, 200 refunds and 500 operations per transaction, then 403.
+/// Unconfirmed: what counts as an operation. Chosen: successful captures, refunds, voids and
+/// reauthorizations (refused calls and reads do not count).
+// Source: after-payments §2 (D/…/capture-a-payment-transaction, D/…/refund-payment-transactions-and-allocation); confidence: High (numbers), Low (what counts)
+pub const MAX_CAPTURES: usize = 200;
+pub const MAX_REFUNDS: usize = 200;
+pub const MAX_OPERATIONS: u32 = 500;
+
+/// Unconfirmed: the bodies of the three limit errors (403 documented, codes not). Chosen: these
+/// codes with RESOURCE_ERROR: Klarna's error-handling page lists only ACCESS_ERROR,
+/// TECHNICAL_ERROR, RESOURCE_ERROR and INPUT_ERROR, so PERMISSION_ERROR would be invented.
+/// The limit is checked after the state and before the amount.
+// Source: after-payments §2 (403 documented); D/klarna-network-distribution/…/error-handling (error types); codes chosen; confidence: Low
+pub const CAPTURE_LIMIT_EXCEEDED: ErrorSpec = ErrorSpec {
+    status: 403,
+    error_type: "RESOURCE_ERROR",
+    error_code: "CAPTURE_LIMIT_EXCEEDED",
+};
+pub const REFUND_LIMIT_EXCEEDED: ErrorSpec = ErrorSpec {
+    status: 403,
+    error_type: "RESOURCE_ERROR",
+    error_code: "REFUND_LIMIT_EXCEEDED",
+};
+pub const OPERATION_LIMIT_EXCEEDED: ErrorSpec = ErrorSpec {
+    status: 403,
+    error_type: "RESOURCE_ERROR",
+    error_code: "OPERATION_LIMIT_EXCEEDED",
+};
+
+/// Unconfirmed: the answer to an operation the transaction's state does not allow (capture
+/// after COMPLETED, refund in CLOSED, reauthorize outside EXPIRED...). Chosen: 409, nothing changes.
+// Source: after-payments §2 (allowed operations per state documented; status and code chosen); confidence: Low
+pub const TX_INVALID_STATE: ErrorSpec = ErrorSpec {
+    status: 409,
+    error_type: "RESOURCE_ERROR",
+    error_code: "INVALID_TRANSACTION_STATE",
+};
+
+/// Unconfirmed: capture and refund id formats (opaque in Klarna's material). Chosen like the
+/// transaction ids.
+// Source: after-payments §2 ("capture ids are opaque"); confidence: Low
+pub const CAPTURE_ID_PREFIX: &str = "krn:payment:eu1:capture:";
+pub const REFUND_ID_PREFIX: &str = "krn:payment:eu1:refund:";
+
+/// Unconfirmed: how a refund of the whole transaction is spread over its captures ("Klarna
+/// allocates"; the docs tie it to `line_items`). Chosen: oldest capture first, each up to what it
+/// has left to refund; `line_items` are optional and do not steer the allocation.
+// Source: after-payments §2 (D/…/refund-payment-transactions-and-allocation); order chosen; confidence: Low
+pub const REFUND_ALLOCATION_OLDEST_FIRST: bool = true;
+
+/// Unconfirmed: the funding a new transaction starts with. Chosen: GUARANTEED / PENDING; only the
+/// `/_sim` control changes it.
+// Source: after-payments §2 (field and values documented, start value not); confidence: Low
+pub const INITIAL_FUNDING_TYPE: &str = "GUARANTEED";
+pub const INITIAL_FUNDING_STATE: &str = "PENDING";
+
+/// Seen: `payment.transaction.captured` and `payment.transaction.state-change.authorized`.
+/// INFERRED from the pattern: `.expired`, `.completed`, `.closed`.
+// Source: after-payments §2 (captured and authorized seen, the rest inferred); confidence: Med (seen), Low (inferred)
+pub const TX_CAPTURED_EVENT: &str = "payment.transaction.captured";
+pub const TX_STATE_CHANGE_EVENT_PREFIX: &str = "payment.transaction.state-change.";
+
+/// Unconfirmed: whether the first authorize emits `state-change.authorized`. Chosen: no (every
+/// approval would otherwise be doubled by the authorize answer); only a reauthorize does.
+// Source: none (chosen to avoid noise); confidence: Low
+pub const AUTHORIZED_EVENT_ON_FIRST_AUTHORIZE: bool = false;
+
+/// Unconfirmed: the name of the "Payment funding state-change" webhook (the index lists it, the
+/// name was not captured). Chosen: `<this>.<pending|funded|expired>`; only a change of the funding
+/// `state` fires it (a `type` change alone is applied silently).
+// Source: after-payments §2 (index: "Payment funding state-change"; name not captured); confidence: Low
+pub const TX_FUNDING_EVENT_PREFIX: &str = "payment.transaction.funding.state-change";
+
+/// Documented: `request_payment_transaction.capture` is `NOW` (auto-capture: COMPLETED at once,
+/// one capture of the full amount) or `LATER` (the default). Unconfirmed: which body decides when
+/// a step-up sits in between. Chosen: the approving call's own (the final authorize's for a
+/// stepped-up payment); any other value is a 400 naming the parameter.
+// Source: after-payments §2 (D/…/payment-authorization/auto-capture/); confidence: Med
+pub const AUTO_CAPTURE_VALUES: [&str; 2] = ["NOW", "LATER"];
 
 // ---------------------------------------------------------------------------------------------
 // Errors and faults

@@ -15,6 +15,7 @@ use crate::misbehaviour::Misbehaviour;
 use crate::rules::OutcomeRules;
 use crate::server::LoggedRequest;
 use crate::state::{rfc3339, Completion, InvalidTransition, PaymentRequest, PrState};
+use crate::transaction::{Transaction, TxState};
 use crate::unconfirmed;
 use crate::webhooks::{self, DeliveryJob, OutgoingEvent, WebhookDelivery};
 
@@ -180,6 +181,8 @@ pub(crate) struct World {
     /// Display names of partner accounts, shown on the hosted journey page.
     pub partner_names: HashMap<String, String>,
     pub prs: HashMap<String, PaymentRequest>,
+    /// Payment transactions created by approving authorizes.
+    pub transactions: HashMap<String, Transaction>,
     pub customer_tokens: HashMap<String, CustomerToken>,
     pub session_tokens: HashMap<String, SessionToken>,
     pub signing_keys: Vec<SigningKey>,
@@ -212,6 +215,7 @@ impl World {
             acquiring_partner_account,
             partner_names: HashMap::new(),
             prs: HashMap::new(),
+            transactions: HashMap::new(),
             customer_tokens: HashMap::new(),
             session_tokens: HashMap::new(),
             signing_keys: Vec::new(),
@@ -257,6 +261,19 @@ impl World {
         due.sort();
         for (_, id) in due {
             let _ = self.set_state(&id, PrState::Expired, None);
+        }
+        let mut due: Vec<(DateTime<Utc>, String)> = self
+            .transactions
+            .values()
+            .filter_map(|t| {
+                t.next_deadline()
+                    .filter(|d| *d <= now)
+                    .map(|d| (d, t.id.clone()))
+            })
+            .collect();
+        due.sort();
+        for (_, id) in due {
+            self.tick_transaction(&id);
         }
     }
 
@@ -599,6 +616,142 @@ impl World {
         );
         self.emit_event(&t.id, unconfirmed::TOKEN_REVOKED_EVENT, &t.account, payload);
         true
+    }
+}
+
+impl World {
+    /// Applies every clock-driven change due for one transaction (expiry, end of the grace),
+    /// each with its webhook. Called whenever a transaction is touched and when the clock moves.
+    pub fn tick_transaction(&mut self, id: &str) {
+        let now = self.now();
+        loop {
+            let Some(t) = self.transactions.get_mut(id) else {
+                return;
+            };
+            if !t.step_clock(now) {
+                return;
+            }
+            self.emit_tx_state(id);
+        }
+    }
+
+    /// The transaction `id` of `account` after lazy expiry; another account's is not found.
+    pub fn transaction_mut(
+        &mut self,
+        account: &str,
+        id: &str,
+    ) -> Result<&mut Transaction, ApiResponse> {
+        self.tick_transaction(id);
+        match self.transactions.get_mut(id) {
+            Some(t) if t.account == account => Ok(t),
+            _ => Err(ApiResponse::error(
+                unconfirmed::RESOURCE_NOT_FOUND,
+                format!("Payment transaction {id} not found"),
+            )),
+        }
+    }
+
+    /// Stores a new AUTHORIZED transaction; with `capture_now` (auto-capture) it is captured in
+    /// full at once (COMPLETED, `captured` and `completed` webhooks). Returns its id.
+    pub fn open_transaction(&mut self, mut t: Transaction, capture_now: bool) -> String {
+        let id = t.id.clone();
+        let now = self.now();
+        let captured = if capture_now {
+            let amount = t.authorized_amount;
+            t.capture(amount, None, now).map(|c| c.id.clone()).ok()
+        } else {
+            None
+        };
+        tracing::info!(payment_transaction_id = %id, auto_capture = capture_now, "payment transaction authorized");
+        self.transactions.insert(id.clone(), t);
+        if unconfirmed::AUTHORIZED_EVENT_ON_FIRST_AUTHORIZE {
+            self.emit_tx(&id, &TxState::Authorized.event_type(), None);
+        }
+        if let Some(capture_id) = captured {
+            self.emit_tx(&id, unconfirmed::TX_CAPTURED_EVENT, Some(&capture_id));
+            self.emit_tx_state(&id);
+        }
+        id
+    }
+
+    /// `payment.transaction.state-change.<state>` for the transaction's current state.
+    pub fn emit_tx_state(&mut self, id: &str) {
+        let Some(state) = self.transactions.get(id).map(|t| t.state) else {
+            return;
+        };
+        self.emit_tx(id, &state.event_type(), None);
+    }
+
+    /// A transaction event (the transaction after the change); `capture_id` adds the capture's
+    /// fields (the `captured` event).
+    pub fn emit_tx(&mut self, id: &str, event_type: &str, capture_id: Option<&str>) {
+        let Some(t) = self.transactions.get(id) else {
+            return;
+        };
+        let payload = match capture_id.and_then(|c| t.captures.iter().find(|x| x.id == c)) {
+            Some(c) => t.captured_payload(c),
+            None => t.webhook_payload(),
+        };
+        let account = t.account.clone();
+        self.emit_event(id, event_type, &account, payload);
+    }
+
+    /// The `/_sim` funding change; the funding webhook fires only when the state changes.
+    pub fn set_funding(
+        &mut self,
+        id: &str,
+        state: &str,
+        funding_type: Option<&str>,
+    ) -> Result<Value, ApiResponse> {
+        self.tick_transaction(id);
+        let Some(t) = self.transactions.get_mut(id) else {
+            return Err(ApiResponse::error(
+                unconfirmed::RESOURCE_NOT_FOUND,
+                format!("Payment transaction {id} not found"),
+            ));
+        };
+        let changed = t.funding_state != state;
+        t.funding_state = state.to_string();
+        if let Some(ft) = funding_type {
+            t.funding_type = ft.to_string();
+        }
+        let json = t.to_json();
+        if changed {
+            tracing::info!(
+                payment_transaction_id = id,
+                funding_state = state,
+                "payment funding state change"
+            );
+            let event = format!(
+                "{}.{}",
+                unconfirmed::TX_FUNDING_EVENT_PREFIX,
+                state.to_ascii_lowercase()
+            );
+            self.emit_tx(id, &event, None);
+        }
+        Ok(json)
+    }
+
+    /// The `/_sim` expiry: AUTHORIZED -> EXPIRED now, with its webhook.
+    pub fn expire_transaction(&mut self, id: &str) -> Result<Value, ApiResponse> {
+        self.tick_transaction(id);
+        let now = self.now();
+        let Some(t) = self.transactions.get_mut(id) else {
+            return Err(ApiResponse::error(
+                unconfirmed::RESOURCE_NOT_FOUND,
+                format!("Payment transaction {id} not found"),
+            ));
+        };
+        t.expire_now(now)?;
+        let json = t.to_json();
+        self.emit_tx_state(id);
+        Ok(json)
+    }
+
+    /// A transaction as GET returns it (after lazy expiry), if it exists.
+    pub fn transaction_json(&mut self, id: &str) -> Option<Value> {
+        self.tick_transaction(id);
+        self.transactions.get(id).map(Transaction::to_json)
     }
 }
 

@@ -10,12 +10,15 @@ use crate::misbehaviour::MisbehaviourKind;
 use crate::rules::{Decision, Facts, KNOWN_SCOPES};
 use crate::server::Ctx;
 use crate::state::{PaymentRequest, PrState, RequestedToken};
+use crate::transaction::Transaction;
 use crate::unconfirmed;
 use crate::world::{later, CustomerToken, World};
 
 struct Txn {
     amount: i64,
     reference: Option<String>,
+    /// `capture: "NOW"` (auto-capture); omitted or `"LATER"` leaves the transaction AUTHORIZED.
+    capture_now: bool,
 }
 
 struct StepUp {
@@ -90,7 +93,27 @@ fn parse(body: &Value, now: DateTime<Utc>) -> Result<Input, Vec<ParamError>> {
                 "request_payment_transaction.payment_option_id",
                 &mut errs,
             );
-            a.map(|amount| Txn { amount, reference })
+            let capture = opt_string(
+                t,
+                "capture",
+                "request_payment_transaction.capture",
+                &mut errs,
+            );
+            if let Some(c) = capture
+                .as_deref()
+                .filter(|c| !unconfirmed::AUTO_CAPTURE_VALUES.contains(c))
+            {
+                errs.push(ParamError::new(
+                    "request_payment_transaction.capture",
+                    format!("must be NOW or LATER, not '{c}'"),
+                ));
+            }
+            let capture_now = capture.as_deref() == Some("NOW");
+            a.map(|amount| Txn {
+                amount,
+                reference,
+                capture_now,
+            })
         }
         Some(_) => {
             errs.push(ParamError::new(
@@ -266,7 +289,7 @@ pub(crate) fn handle(w: &mut World, account: &str, ctx: &Ctx<'_>) -> ApiResponse
         .as_deref()
         .filter(|t| w.issued_session_token(Some(t)))
     {
-        return final_authorize(w, token, &body, ctx);
+        return final_authorize(w, account, token, &body, ctx);
     }
     let input = match parse(&body, ctx.now) {
         Ok(i) => i,
@@ -347,6 +370,25 @@ fn transaction_block(t: &Txn, currency: Option<&String>) -> Value {
     })
 }
 
+/// Stores the approved transaction (auto-captured for `capture: "NOW"`) and returns the answer's
+/// `payment_transaction` block.
+fn open_transaction(
+    w: &mut World,
+    account: &str,
+    t: &Txn,
+    currency: Option<&String>,
+    now: DateTime<Utc>,
+) -> Value {
+    // Unreachable default: `currency` is required with `request_payment_transaction`.
+    let currency = currency.map_or("USD", String::as_str);
+    let tx = Transaction::authorized(account, t.reference.clone(), currency, t.amount, now);
+    let id = w.open_transaction(tx, t.capture_now);
+    w.transactions
+        .get(&id)
+        .map(Transaction::authorize_block)
+        .unwrap_or(Value::Null)
+}
+
 fn token_block(t: &CustomerToken) -> Value {
     json!({"customer_token_id": t.id, "customer_token_reference": t.reference})
 }
@@ -360,9 +402,10 @@ fn approve(
 ) -> ApiResponse {
     let mut out = Map::new();
     if let Some(t) = &input.transaction {
+        let block = open_transaction(w, account, t, input.currency.as_ref(), now);
         out.insert(
             "payment_transaction_response".into(),
-            json!({"result": "APPROVED", "payment_transaction": transaction_block(t, input.currency.as_ref())}),
+            json!({"result": "APPROVED", "payment_transaction": block}),
         );
     }
     if let Some(req) = &input.token_request {
@@ -485,7 +528,13 @@ fn step_up(w: &mut World, account: &str, input: Input, now: DateTime<Utc>) -> Ap
 
 /// The final call: approve when amount and currency equal what the customer approved; the
 /// session token is valid 60 min and doubles as idempotency key.
-fn final_authorize(w: &mut World, token: &str, body: &Value, ctx: &Ctx<'_>) -> ApiResponse {
+fn final_authorize(
+    w: &mut World,
+    account: &str,
+    token: &str,
+    body: &Value,
+    ctx: &Ctx<'_>,
+) -> ApiResponse {
     let Some(session) = w.session_tokens.get(token).cloned() else {
         // Unreachable: the caller checked the issued-token table under the same lock.
         return ApiResponse::error(
@@ -551,13 +600,15 @@ fn final_authorize(w: &mut World, token: &str, body: &Value, ctx: &Ctx<'_>) -> A
 
     let mut out = Map::new();
     if let Some(t) = &input.transaction {
-        let block = Txn {
+        let txn = Txn {
             amount: t.amount,
             reference: t.reference.clone().or(pr.transaction_reference.clone()),
+            capture_now: t.capture_now,
         };
+        let block = open_transaction(w, account, &txn, pr.currency.as_ref(), ctx.now);
         out.insert(
             "payment_transaction_response".into(),
-            json!({"result": "APPROVED", "payment_transaction": transaction_block(&block, pr.currency.as_ref())}),
+            json!({"result": "APPROVED", "payment_transaction": block}),
         );
     }
     let issued = pr

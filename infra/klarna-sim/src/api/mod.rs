@@ -5,6 +5,7 @@ pub(crate) mod authorize;
 pub(crate) mod identity;
 pub(crate) mod notifications;
 pub(crate) mod requests;
+pub(crate) mod transactions;
 
 use serde_json::{Map, Value};
 

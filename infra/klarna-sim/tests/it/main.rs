@@ -10,4 +10,5 @@ mod misbehaviour;
 mod misc;
 mod notifications;
 mod payment_requests;
+mod transactions;
 mod webhooks;
