@@ -24,7 +24,9 @@ start() {
   fi
   make_venv "$MOTO_VENV" "moto[server]==$MOTO_VERSION"
   say "starting the local AWS server on 127.0.0.1:$MOTO_PORT"
-  nohup "$MOTO_VENV/bin/moto_server" -H 127.0.0.1 -p "$MOTO_PORT" >"$LOG_FILE" 2>&1 &
+  # moto with DynamoDB calls serialized: see the script for why (concurrent transactions lose
+  # writes otherwise).
+  nohup "$MOTO_VENV/bin/python" "$ROOT/scripts/moto_server_serialized.py" -H 127.0.0.1 -p "$MOTO_PORT" >"$LOG_FILE" 2>&1 &
   echo $! >"$PID_FILE"
   for _ in $(seq 1 100); do
     if is_moto; then ok "local AWS server ready (log: ${LOG_FILE#"$ROOT"/})"; return 0; fi

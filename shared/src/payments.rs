@@ -223,6 +223,9 @@ pub fn money_notification(
             partner_reference: payment.partner_reference.clone(),
             klarna_transaction_id: payment.klarna_transaction_id.clone(),
             reason,
+            // The token's FIFO group, as its payment.authorized: a partner sees a token
+            // payment's capture after its authorization.
+            token_id: payment.token_id.clone(),
             operation,
             transaction: Some(TransactionTotals::of(t)),
             ..Default::default()

@@ -17,10 +17,16 @@ use local_stack::template::Template;
 use local_stack::HttpResponse;
 use partner_consumer::{Consumer, HandlerError};
 use serde_json::{json, Value};
+use shared::domain::aggregate::{IllegalTransition, MoneyRefusal};
+use shared::domain::money::{OperationState, Origin};
 use shared::domain::{PaymentKind, PaymentState, Scope};
 use shared::ids::*;
+use shared::klarna::{Funding, TransactionState};
 use shared::notify::{Notification, NotificationData, NotificationType};
-use shared::payments::{PaymentView, StepUpView, TokenView};
+use shared::payments::{
+    OperationKind, OperationView, PaymentView, StepUpView, TokenView, TransactionTotals,
+    TransactionView,
+};
 use shared::store::records::{partner_pk, PartnerRecord, PROFILE_SK};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -328,6 +334,18 @@ impl Caller<'_> {
         .await
     }
 
+    /// `POST /v1/payments/{payment_id}/<what>` (captures, refunds, void, reauthorize).
+    async fn money(&self, payment: &str, what: &str, key: &str, body: &Value) -> (u16, Value) {
+        self.call(
+            "POST",
+            &format!("/v1/payments/{{payment_id}}/{what}"),
+            &format!("/v1/payments/{payment}/{what}"),
+            Some(key),
+            Some(body),
+        )
+        .await
+    }
+
     async fn token(&self, method: &str, token: &str) -> (u16, Value) {
         self.call(
             method,
@@ -398,8 +416,8 @@ fn the_documented_routes_are_the_templates_routes() {
     assert_eq!(partner(&c.operations()), partner(&template));
     assert_eq!(
         partner(&template).len(),
-        8,
-        "the eight partner routes: {template:?}"
+        14,
+        "the fourteen partner routes: {template:?}"
     );
     // Klarna's route too, and only the template's routes.
     assert_eq!(c.operations(), template);
@@ -506,6 +524,55 @@ fn every_documented_schema_compiles_and_bites() {
     let mut other_type = n.clone();
     other_type["event_type"] = json!("payment.authorized");
     assert!(!declined.is_valid(&other_type));
+
+    // A money notification: the operation and the totals, and the token's id (its FIFO group).
+    let captured = c.notification_validator("payment.captured.v1.json");
+    let n = json!({
+        "event_id": "evt_0123456789abcdef0123456789abcdef", "event_type": "payment.captured",
+        "event_version": "1", "created_at": "2026-11-23T04:00:00Z", "partner_id": "p",
+        "data": {"payment_id": "pay_0123456789abcdef0123456789abcdef",
+                 "payment_kind": "token_charge_customer_not_present", "state": "AUTHORIZED",
+                 "amount": 100, "currency": "EUR", "klarna_transaction_id": "krn:t:1",
+                 "token_id": "tok_0123456789abcdef0123456789abcdef",
+                 "operation": {"id": "cap_0123456789abcdef0123456789abcdef", "kind": "capture",
+                               "state": "SUCCEEDED", "amount": 40, "klarna_id": "krn:c:1",
+                               "origin": "PARTNER", "created_at": "2026-11-23T04:00:00Z",
+                               "updated_at": "2026-11-23T04:00:00Z"},
+                 "transaction": {"state": "AUTHORIZED", "authorized_amount": 100,
+                                 "captured_amount": 40, "refunded_amount": 0, "voided_amount": 0,
+                                 "remaining_amount": 60, "pending_amount": 0}}
+    });
+    assert!(captured.is_valid(&n));
+    for (pointer, value) in [
+        ("/data/token", json!("apt_secret")),
+        ("/data/payment_kind", json!("one_time")),
+        ("/data/state", json!("CAPTURED")),
+        ("/data/reason", json!("KLARNA_REJECTED:X")),
+        ("/data/operation/state", json!("FAILED")),
+        ("/data/operation/kind", json!("refund")),
+        ("/data/transaction/surprise", json!(1)),
+        ("/data/transaction/state", json!("CAPTURED")),
+    ] {
+        let mut bad = n.clone();
+        let (parent, field) = pointer.rsplit_once('/').unwrap();
+        bad.pointer_mut(parent).unwrap()[field] = value;
+        assert!(!captured.is_valid(&bad), "{pointer}: {bad}");
+    }
+    for field in ["operation", "transaction"] {
+        let mut bad = n.clone();
+        bad["data"].as_object_mut().unwrap().remove(field);
+        assert!(!captured.is_valid(&bad), "without {field}");
+    }
+    let mut voided = n.clone();
+    voided["event_type"] = json!("payment.voided");
+    voided["data"]["transaction"]["state"] = json!("COMPLETED");
+    let voided_schema = c.notification_validator("payment.voided.v1.json");
+    assert!(
+        !voided_schema.is_valid(&voided),
+        "a void carries no operation"
+    );
+    voided["data"].as_object_mut().unwrap().remove("operation");
+    assert!(voided_schema.is_valid(&voided), "{voided}");
 }
 
 fn enum_of(c: &Contract, schema: &str) -> Vec<String> {
@@ -560,9 +627,79 @@ fn the_documented_enums_and_fields_are_the_codes() {
         s["Amount"]["maximum"],
         json!(partner_api::request::MAX_AMOUNT)
     );
+    let transaction_states = [
+        TransactionState::Authorized,
+        TransactionState::Expired,
+        TransactionState::Completed,
+        TransactionState::Closed,
+    ];
+    assert_eq!(
+        enum_of(&c, "TransactionState"),
+        transaction_states.iter().map(wire).collect::<Vec<_>>()
+    );
+    let operation_states = [
+        OperationState::Pending,
+        OperationState::Succeeded,
+        OperationState::Failed,
+    ];
+    assert_eq!(
+        enum_of(&c, "OperationState"),
+        operation_states.iter().map(wire).collect::<Vec<_>>()
+    );
+    let origins = [Origin::Partner, Origin::AutoCapture, Origin::Klarna];
+    assert_eq!(
+        enum_of(&c, "Origin"),
+        origins.iter().map(wire).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        s["Operation"]["properties"]["kind"]["enum"],
+        json!([OperationKind::Capture, OperationKind::Refund])
+    );
 
     // A payment with every optional field: exactly the documented fields, and valid.
     let now = chrono::Utc::now();
+    let operation = |kind: OperationKind, id: &str| OperationView {
+        id: OperationId::new(id),
+        kind,
+        state: OperationState::Succeeded,
+        amount: 40,
+        reference: Some("parcel-1".into()),
+        capture_id: (kind == OperationKind::Refund)
+            .then(|| OperationId::new("cap_0123456789abcdef0123456789abcdef")),
+        klarna_id: Some("krn:k:1".into()),
+        failure: None,
+        origin: (kind == OperationKind::Capture).then_some(Origin::Partner),
+        created_at: now,
+        updated_at: now,
+    };
+    let capture = operation(
+        OperationKind::Capture,
+        "cap_0123456789abcdef0123456789abcdef",
+    );
+    let refund = operation(
+        OperationKind::Refund,
+        "ref_0123456789abcdef0123456789abcdef",
+    );
+    let failed = OperationView {
+        state: OperationState::Failed,
+        klarna_id: None,
+        failure: Some("KLARNA_REJECTED:INVALID".into()),
+        ..capture.clone()
+    };
+    let totals = TransactionTotals {
+        state: TransactionState::Authorized,
+        authorized_amount: 100,
+        captured_amount: 40,
+        refunded_amount: 40,
+        voided_amount: 0,
+        remaining_amount: 60,
+        pending_amount: 0,
+        expires_at: Some(now),
+        funding: Some(Funding {
+            funding_type: Some("PAYOUT".into()),
+            state: "FUNDED".into(),
+        }),
+    };
     let full = serde_json::to_value(PaymentView {
         payment_id: PaymentId::new("pay_0123456789abcdef0123456789abcdef"),
         kind: PaymentKind::TokenCreation,
@@ -583,6 +720,11 @@ fn the_documented_enums_and_fields_are_the_codes() {
             klarna_customer_token: Some(CustomerToken::new("krn:ct:1")),
             scopes: vec![Scope::CustomerPresent],
         }),
+        transaction: Some(TransactionView {
+            totals: totals.clone(),
+            captures: vec![capture.clone(), failed.clone()],
+            refunds: vec![refund.clone()],
+        }),
         created_at: now,
         updated_at: now,
     })
@@ -590,8 +732,70 @@ fn the_documented_enums_and_fields_are_the_codes() {
     assert_eq!(keys(&full), documented_properties(&s["Payment"]));
     assert_eq!(keys(&full["step_up"]), documented_properties(&s["StepUp"]));
     assert_eq!(keys(&full["token"]), documented_properties(&s["TokenView"]));
+    assert_eq!(
+        keys(&full["transaction"]),
+        documented_properties(&s["Transaction"])
+    );
+    let totals_json = serde_json::to_value(&totals).unwrap();
+    assert_eq!(
+        keys(&totals_json),
+        documented_properties(&s["TransactionTotals"])
+    );
+    let mut flattened = documented_properties(&s["TransactionTotals"]);
+    flattened.extend(["captures".to_owned(), "refunds".to_owned()]);
+    assert_eq!(documented_properties(&s["Transaction"]), flattened);
+    let mut operation_fields = keys(&full["transaction"]["captures"][0]);
+    operation_fields.extend(keys(&full["transaction"]["refunds"][0]));
+    operation_fields.extend(keys(&full["transaction"]["captures"][1]));
+    assert_eq!(operation_fields, documented_properties(&s["Operation"]));
     let payment = c.inline(&json!({"$ref": "#/components/schemas/Payment"}), 0);
     assert!(Contract::validator(&payment).is_valid(&full), "{full:#}");
+    // The answer of a capture or refund, and the checks bite on it.
+    let answered = c.inline(&json!({"$ref": "#/components/schemas/MoneyOperation"}), 0);
+    let answered = Contract::validator(&answered);
+    let answer = json!({
+        "payment_id": "pay_0123456789abcdef0123456789abcdef",
+        "operation": capture,
+        "transaction": totals,
+    });
+    assert!(answered.is_valid(&answer), "{answer:#}");
+    for (pointer, value) in [
+        (
+            "/operation/id",
+            json!("ref_0123456789abcdef0123456789abcdef"),
+        ),
+        ("/operation/state", json!("FAILED")),
+        ("/operation/origin", json!("SOMEONE")),
+        (
+            "/operation/capture_id",
+            json!("cap_0123456789abcdef0123456789abcdef"),
+        ),
+        ("/transaction/state", json!("CAPTURED")),
+        ("/transaction/remaining_amount", json!(-1)),
+        ("/transaction/captures", json!([])),
+    ] {
+        let mut bad = answer.clone();
+        let (parent, field) = pointer.rsplit_once('/').unwrap();
+        bad.pointer_mut(parent).unwrap()[field] = value;
+        assert!(!answered.is_valid(&bad), "{pointer}: {bad}");
+    }
+
+    // Every refusal of a money request is documented with its status.
+    for r in money_refusals() {
+        let code = r.code();
+        let listed = s["ErrorDetail"]["properties"]["code"]["description"]
+            .as_str()
+            .unwrap();
+        assert!(listed.contains(&format!("`{code}`")), "ErrorDetail: {code}");
+        let response = match r.http_status() {
+            404 => "PaymentOrCaptureNotFound",
+            409 => "MoneyConflict",
+            422 => "OperationUnprocessable",
+            other => panic!("{code}: status {other}"),
+        };
+        let documented = codes_of(&c.openapi["components"]["responses"][response]);
+        assert!(documented.contains(code), "{response} documents {code}");
+    }
 
     let status = serde_json::to_value(token_lifecycle::TokenStatus {
         token_id: TokenId::new("tok_0123456789abcdef0123456789abcdef"),
@@ -644,6 +848,8 @@ fn the_documented_enums_and_fields_are_the_codes() {
             token_id: Some(TokenId::new("tok_0123456789abcdef0123456789abcdef")),
             token: Some(BackendToken::new(format!("apt_{}", "A".repeat(43)))),
             klarna_customer_token: Some(CustomerToken::new("k")),
+            operation: Some(refund.clone()),
+            transaction: Some(totals.clone()),
         },
     })
     .unwrap();
@@ -652,6 +858,15 @@ fn the_documented_enums_and_fields_are_the_codes() {
     assert_eq!(
         keys(&n["data"]),
         documented_properties(&envelope["$defs"]["data"])
+    );
+    // The notifications' operation and totals are the API's.
+    assert_eq!(
+        documented_properties(&envelope["$defs"]["operation"]),
+        documented_properties(&s["Operation"])
+    );
+    assert_eq!(
+        documented_properties(&envelope["$defs"]["transaction_totals"]),
+        documented_properties(&s["TransactionTotals"])
     );
     assert_eq!(
         envelope["properties"]["event_version"]["const"],
@@ -670,6 +885,87 @@ fn the_documented_enums_and_fields_are_the_codes() {
     assert_eq!(c.schemas.len(), NotificationType::ALL.len() + 1);
 }
 
+/// The error codes a documented response names (`code`'s `enum` and `const`, at any depth).
+fn codes_of(v: &Value) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    match v {
+        Value::Object(m) => {
+            if let Some(code) = m.get("code") {
+                for k in ["enum", "const"] {
+                    match &code[k] {
+                        Value::Array(a) => {
+                            out.extend(a.iter().filter_map(Value::as_str).map(str::to_owned))
+                        }
+                        Value::String(s) => {
+                            out.insert(s.clone());
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            for x in m.values() {
+                out.extend(codes_of(x));
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|x| out.extend(codes_of(x))),
+        _ => {}
+    }
+    out
+}
+
+/// One of each refusal of a money request (the match fails to compile when one is added).
+fn money_refusals() -> Vec<MoneyRefusal> {
+    let all = vec![
+        MoneyRefusal::Illegal(IllegalTransition {
+            from: PaymentState::Authorized,
+            input: "capture",
+        }),
+        MoneyRefusal::NotAuthorized(PaymentState::Declined),
+        MoneyRefusal::NoTransaction,
+        MoneyRefusal::TransactionState(TransactionState::Authorized),
+        MoneyRefusal::TransactionState(TransactionState::Expired),
+        MoneyRefusal::TransactionState(TransactionState::Completed),
+        MoneyRefusal::TransactionState(TransactionState::Closed),
+        MoneyRefusal::CurrencyMismatch("EUR".into()),
+        MoneyRefusal::InvalidAmount,
+        MoneyRefusal::NothingToCapture,
+        MoneyRefusal::ExceedsCapturable(1),
+        MoneyRefusal::ExceedsRefundable(1),
+        MoneyRefusal::UnknownCapture,
+        MoneyRefusal::CaptureNotSettled,
+        MoneyRefusal::CaptureLimit,
+        MoneyRefusal::RefundLimit,
+        MoneyRefusal::OperationLimit,
+        MoneyRefusal::FullyCaptured,
+        MoneyRefusal::CaptureInProgress,
+        MoneyRefusal::NotExpired,
+        MoneyRefusal::ReauthorizationWindowClosed,
+    ];
+    for r in &all {
+        match r {
+            MoneyRefusal::Illegal(_)
+            | MoneyRefusal::NotAuthorized(_)
+            | MoneyRefusal::NoTransaction
+            | MoneyRefusal::TransactionState(_)
+            | MoneyRefusal::CurrencyMismatch(_)
+            | MoneyRefusal::InvalidAmount
+            | MoneyRefusal::NothingToCapture
+            | MoneyRefusal::ExceedsCapturable(_)
+            | MoneyRefusal::ExceedsRefundable(_)
+            | MoneyRefusal::UnknownCapture
+            | MoneyRefusal::CaptureNotSettled
+            | MoneyRefusal::CaptureLimit
+            | MoneyRefusal::RefundLimit
+            | MoneyRefusal::OperationLimit
+            | MoneyRefusal::FullyCaptured
+            | MoneyRefusal::CaptureInProgress
+            | MoneyRefusal::NotExpired
+            | MoneyRefusal::ReauthorizationWindowClosed => {}
+        }
+    }
+    all
+}
+
 /// The serde name of a unit enum variant.
 fn wire<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_value(v)
@@ -679,22 +975,26 @@ fn wire<T: serde::Serialize>(v: &T) -> String {
         .to_owned()
 }
 
+/// The fields a body parser accepts, from its "unknown field" message.
+fn accepted_fields(message: &str) -> BTreeSet<String> {
+    message
+        .split("expected one of ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("{message}"))
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_owned)
+        .collect()
+}
+
 /// The documented properties are exactly the fields `T` accepts (its "unknown field" error lists
 /// them), and the documented required fields exactly those it cannot do without.
 fn check_request_fields<T: for<'de> serde::Deserialize<'de>>(schema: &Value, minimal: Value) {
     let err = partner_api::request::parse::<T>(br#"{"zz_unknown": 1}"#)
         .err()
         .expect("unknown field refused");
-    let accepted: BTreeSet<String> = err
-        .message
-        .split("expected one of ")
-        .nth(1)
-        .unwrap_or_else(|| panic!("{}", err.message))
-        .split('`')
-        .skip(1)
-        .step_by(2)
-        .map(str::to_owned)
-        .collect();
+    let accepted = accepted_fields(&err.message);
     assert_eq!(
         documented_properties(schema),
         accepted,
@@ -1082,6 +1382,379 @@ async fn token_answers_and_notifications_keep_the_contract() {
         ("GET", "/v1/tokens/{token}", 400),
         ("GET", "/v1/tokens/{token}", 404),
         ("DELETE", "/v1/tokens/{token}", 200),
+    ]);
+}
+
+#[tokio::test]
+async fn money_answers_and_notifications_keep_the_contract() {
+    let c = Contract::load();
+    let w = World::new("contract-money").await;
+    let p = w.partner("shop", &["*"]).await;
+    let api = caller(&w, &c, &p);
+    w.sim.set_rules(approve_at_once());
+    let schemas = &c.openapi["components"]["schemas"];
+
+    // An authorized payment carries its transaction, with nothing captured yet.
+    let (s, first) = api
+        .pay("money-1", &payment_body(1000, "customer@example.com"))
+        .await;
+    assert_eq!(s, 201, "{first}");
+    let pay1 = id(&first);
+    let t = &first["transaction"];
+    assert_eq!(
+        (&t["state"], &t["authorized_amount"], &t["remaining_amount"]),
+        (&json!("AUTHORIZED"), &json!(1000), &json!(1000)),
+        "{first}"
+    );
+    assert_eq!(t["captures"], json!([]));
+
+    // Malformed requests; the documented body fields are the parser's.
+    for (what, schema) in [("captures", "CreateCapture"), ("refunds", "CreateRefund")] {
+        let (s, e) = api
+            .money(
+                &pay1,
+                what,
+                &format!("typo-{what}"),
+                &json!({"zz_unknown": 1}),
+            )
+            .await;
+        assert_eq!((s, &e["error"]["field"]), (400, &json!("zz_unknown")));
+        let accepted = accepted_fields(e["error"]["message"].as_str().unwrap());
+        assert_eq!(
+            accepted,
+            documented_properties(&schemas[schema]),
+            "{schema}"
+        );
+    }
+    let (s, e) = api
+        .money(&pay1, "refunds", "refund-no-amount", &json!({}))
+        .await;
+    assert_eq!((s, &e["error"]["field"]), (400, &json!("amount")), "{e}");
+    assert_eq!(
+        schemas["CreateRefund"]["required"],
+        json!(["amount"]),
+        "amount is the refund's only required field"
+    );
+    let (s, e) = api
+        .call(
+            "POST",
+            "/v1/payments/{payment_id}/captures",
+            &format!("/v1/payments/{pay1}/captures"),
+            None,
+            Some(&json!({})),
+        )
+        .await;
+    assert_eq!(
+        (s, e["error"]["field"].as_str()),
+        (400, Some("Idempotency-Key"))
+    );
+    let (s, _) = api
+        .money(&pay1, "void", "void-body", &json!({"amount": 1}))
+        .await;
+    assert_eq!(s, 400);
+    let (s, e) = api
+        .money(
+            "pay_00000000000000000000000000000000",
+            "captures",
+            "nobody",
+            &json!({}),
+        )
+        .await;
+    assert_eq!((s, &e["error"]["code"]), (404, &json!("not_found")));
+
+    // Capture in two parts; a replay answers the same.
+    let captures = "captures";
+    let parcel = json!({
+        "amount": 300, "reference": "parcel-1",
+        "shipping": {"shipping_carrier": "DHL", "tracking_number": "JJD01",
+                     "tracking_url": "https://track.example/JJD01"}
+    });
+    let (s, cap1) = api.money(&pay1, captures, "cap-1", &parcel).await;
+    assert_eq!(s, 201, "{cap1}");
+    assert_eq!(
+        (&cap1["operation"]["state"], &cap1["operation"]["origin"]),
+        (&json!("SUCCEEDED"), &json!("PARTNER"))
+    );
+    assert_eq!(cap1["transaction"]["remaining_amount"], 700);
+    assert_eq!(
+        api.money(&pay1, captures, "cap-1", &parcel).await,
+        (201, cap1.clone())
+    );
+    let (s, cap2) = api
+        .money(
+            &pay1,
+            captures,
+            "cap-2",
+            &json!({"amount": 200, "currency": "EUR"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{cap2}");
+    assert_eq!(
+        (
+            &cap2["transaction"]["captured_amount"],
+            &cap2["transaction"]["remaining_amount"]
+        ),
+        (&json!(500), &json!(500))
+    );
+
+    // Refused before Klarna is asked: more than remains, another currency, a reused key.
+    let (s, e) = api
+        .money(&pay1, captures, "cap-too-much", &json!({"amount": 600}))
+        .await;
+    assert_eq!(
+        (s, &e["error"]["code"], &e["error"]["field"]),
+        (422, &json!("amount_exceeds_capturable"), &json!("amount"))
+    );
+    let (s, e) = api
+        .money(
+            &pay1,
+            captures,
+            "cap-sek",
+            &json!({"amount": 1, "currency": "SEK"}),
+        )
+        .await;
+    assert_eq!((s, &e["error"]["code"]), (422, &json!("currency_mismatch")));
+    let (s, e) = api
+        .money(&pay1, captures, "cap-1", &json!({"amount": 301}))
+        .await;
+    assert_eq!(
+        (s, &e["error"]["code"]),
+        (422, &json!("idempotency_key_reused"))
+    );
+    let (s, e) = api
+        .money(&pay1, "reauthorize", "reauth-1", &json!({}))
+        .await;
+    assert_eq!(
+        (s, &e["error"]["code"]),
+        (409, &json!("transaction_not_expired"))
+    );
+
+    // Refund one capture, then the transaction; an unknown capture is 404.
+    let cap1_id = cap1["operation"]["id"].as_str().unwrap().to_owned();
+    let (s, ref1) = api
+        .money(
+            &pay1,
+            "refunds",
+            "ref-1",
+            &json!({"amount": 100, "capture_id": cap1_id, "reason": "RETURN"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{ref1}");
+    assert_eq!(
+        (&ref1["operation"]["kind"], &ref1["operation"]["capture_id"]),
+        (&json!("refund"), &json!(cap1_id))
+    );
+    let (s, e) = api
+        .money(
+            &pay1,
+            "refunds",
+            "ref-unknown",
+            &json!({"amount": 10, "capture_id": "cap_00000000000000000000000000000000"}),
+        )
+        .await;
+    assert_eq!(
+        (s, &e["error"]["code"], &e["error"]["field"]),
+        (404, &json!("capture_not_found"), &json!("capture_id"))
+    );
+    let (s, e) = api
+        .money(&pay1, "refunds", "ref-too-much", &json!({"amount": 401}))
+        .await;
+    assert_eq!(
+        (s, &e["error"]["code"]),
+        (422, &json!("amount_exceeds_refundable"))
+    );
+    let (s, ref2) = api
+        .money(
+            &pay1,
+            "refunds",
+            "ref-2",
+            &json!({"amount": 150, "reference": "goodwill"}),
+        )
+        .await;
+    assert_eq!(s, 201, "{ref2}");
+    assert!(ref2["operation"].get("capture_id").is_none(), "{ref2}");
+    assert_eq!(ref2["transaction"]["refunded_amount"], 250);
+
+    // Klarna unavailable through every retry: 503, the capture stays PENDING, and the same key
+    // completes it.
+    w.sim.inject(Fault {
+        route: Route::CapturePaymentTransaction,
+        kind: FaultKind::Unavailable503,
+        count: 3,
+    });
+    let (s, e) = api
+        .money(&pay1, captures, "cap-3", &json!({"amount": 100}))
+        .await;
+    assert_eq!(
+        (s, &e["error"]["code"]),
+        (503, &json!("klarna_unavailable")),
+        "{e}"
+    );
+    disarm_faults(&w).await;
+    let (s, read) = api.get_payment(&pay1).await;
+    assert_eq!(s, 200);
+    let pending: Vec<&Value> = read["transaction"]["captures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["state"] == "PENDING")
+        .collect();
+    assert_eq!(pending.len(), 1, "{read:#}");
+    assert_eq!(read["transaction"]["pending_amount"], 100);
+    let (s, cap3) = api
+        .money(&pay1, captures, "cap-3", &json!({"amount": 100}))
+        .await;
+    assert_eq!(
+        (s, &cap3["operation"]["id"]),
+        (201, &pending[0]["id"]),
+        "{cap3}"
+    );
+
+    let (s, read) = api.get_payment(&pay1).await;
+    assert_eq!(s, 200);
+    let t = &read["transaction"];
+    assert_eq!(
+        (
+            &t["captured_amount"],
+            &t["refunded_amount"],
+            &t["remaining_amount"],
+            &t["pending_amount"]
+        ),
+        (&json!(600), &json!(250), &json!(400), &json!(0)),
+        "{read:#}"
+    );
+    assert_eq!(t["captures"].as_array().unwrap().len(), 3);
+    assert_eq!(t["refunds"].as_array().unwrap().len(), 2);
+
+    // A second payment: a partial capture, then the rest is voided (idempotently).
+    let (s, second) = api
+        .pay("money-2", &payment_body(800, "customer@example.com"))
+        .await;
+    assert_eq!(s, 201, "{second}");
+    let pay2 = id(&second);
+    assert_eq!(
+        api.money(&pay2, captures, "cap-a", &json!({"amount": 300}))
+            .await
+            .0,
+        201
+    );
+    let (s, voided) = api.money(&pay2, "void", "void-1", &json!({})).await;
+    assert_eq!(s, 200, "{voided}");
+    let t = &voided["transaction"];
+    assert_eq!(
+        (&t["state"], &t["voided_amount"], &t["remaining_amount"]),
+        (&json!("COMPLETED"), &json!(500), &json!(0)),
+        "{voided:#}"
+    );
+    assert_eq!(
+        api.money(&pay2, "void", "void-1", &json!({})).await,
+        (200, voided.clone())
+    );
+    let (s, again) = api.money(&pay2, "void", "void-2", &json!({})).await;
+    assert_eq!((s, &again["transaction"]), (200, &voided["transaction"]));
+    let (s, e) = api
+        .money(&pay2, captures, "cap-b", &json!({"amount": 1}))
+        .await;
+    assert_eq!(
+        (s, &e["error"]["code"]),
+        (409, &json!("transaction_completed"))
+    );
+    let (s, e) = api
+        .money(&pay2, "reauthorize", "reauth-2", &json!({}))
+        .await;
+    assert_eq!(
+        (s, &e["error"]["code"]),
+        (409, &json!("transaction_completed"))
+    );
+
+    // Auto-capture: a one-time payment and a token charge captured with the authorization.
+    let mut now = payment_body(500, "customer@example.com");
+    now["capture"] = json!("now");
+    let (s, auto) = api.pay("money-auto", &now).await;
+    assert_eq!(s, 201, "{auto}");
+    let t = &auto["transaction"];
+    assert_eq!(
+        (&t["captured_amount"], &t["captures"][0]["origin"]),
+        (&json!(500), &json!("AUTO_CAPTURE")),
+        "{auto:#}"
+    );
+    let pay_auto = id(&auto);
+    let (s, e) = api.money(&pay_auto, "void", "void-auto", &json!({})).await;
+    assert_eq!(s, 409, "{e}");
+    let (token, _) = w.issue_token(&p).await;
+    w.sim.set_rules(approve_at_once());
+    let mut charge = charge_body(700, false, "customer@example.com");
+    charge["capture"] = json!("now");
+    let (s, charged) = api.charge(&token, "charge-auto", &charge).await;
+    assert_eq!(s, 201, "{charged}");
+    assert_eq!(
+        charged["transaction"]["captures"][0]["origin"],
+        "AUTO_CAPTURE"
+    );
+    let mut wrong = charge_body(700, false, "customer@example.com");
+    wrong["capture"] = json!("tomorrow");
+    let (s, e) = api.charge(&token, "charge-wrong", &wrong).await;
+    assert_eq!((s, &e["error"]["field"]), (400, &json!("capture")));
+
+    // Every notification keeps its schema; each money change is told once, in the payment's group.
+    let ns = notifications(&w, &c, &p).await;
+    let types = types_of(&ns);
+    for t in [
+        "payment.authorized",
+        "payment.captured",
+        "payment.refunded",
+        "payment.voided",
+    ] {
+        assert!(types.contains(t), "{t} not seen: {types:?}");
+    }
+    let of = |t: &str, pay: &str| -> Vec<&Value> {
+        ns.iter()
+            .filter(|n| n["event_type"] == t && n["data"]["payment_id"] == pay)
+            .collect()
+    };
+    assert_eq!(of("payment.captured", &pay1).len(), 3);
+    assert_eq!(of("payment.refunded", &pay1).len(), 2);
+    assert_eq!(of("payment.captured", &pay2).len(), 1);
+    assert_eq!(of("payment.voided", &pay2).len(), 1);
+    assert_eq!(of("payment.captured", &pay_auto).len(), 1);
+    // The notification's totals are the answer's transaction without its operations.
+    let mut totals = voided["transaction"].clone();
+    for list in ["captures", "refunds"] {
+        totals.as_object_mut().unwrap().remove(list);
+    }
+    assert_eq!(
+        of("payment.voided", &pay2)[0]["data"]["transaction"],
+        totals
+    );
+    let refunded = of("payment.refunded", &pay1);
+    assert!(
+        refunded
+            .iter()
+            .any(|n| n["data"]["operation"] == ref1["operation"]),
+        "the notification's operation is the answer's"
+    );
+    let ids: BTreeSet<&str> = ns.iter().map(|n| n["event_id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), ns.len(), "one notification per change");
+
+    c.assert_seen(&[
+        ("POST", "/v1/payments", 201),
+        ("POST", "/v1/tokens/{token}/charges", 201),
+        ("POST", "/v1/tokens/{token}/charges", 400),
+        ("GET", "/v1/payments/{payment_id}", 200),
+        ("POST", "/v1/payments/{payment_id}/captures", 201),
+        ("POST", "/v1/payments/{payment_id}/captures", 400),
+        ("POST", "/v1/payments/{payment_id}/captures", 404),
+        ("POST", "/v1/payments/{payment_id}/captures", 409),
+        ("POST", "/v1/payments/{payment_id}/captures", 422),
+        ("POST", "/v1/payments/{payment_id}/captures", 503),
+        ("POST", "/v1/payments/{payment_id}/refunds", 201),
+        ("POST", "/v1/payments/{payment_id}/refunds", 400),
+        ("POST", "/v1/payments/{payment_id}/refunds", 404),
+        ("POST", "/v1/payments/{payment_id}/refunds", 422),
+        ("POST", "/v1/payments/{payment_id}/void", 200),
+        ("POST", "/v1/payments/{payment_id}/void", 400),
+        ("POST", "/v1/payments/{payment_id}/void", 409),
+        ("POST", "/v1/payments/{payment_id}/reauthorize", 409),
     ]);
 }
 

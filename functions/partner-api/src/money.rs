@@ -42,6 +42,10 @@ async fn backoff(attempt: u32) {
 }
 
 fn refused(r: MoneyRefusal) -> PartnerApiError {
+    refused_api(r).into()
+}
+
+fn refused_api(r: MoneyRefusal) -> ApiError {
     let mut e = ApiError::new(r.http_status(), r.code(), r.to_string());
     e.field = match r {
         MoneyRefusal::ExceedsCapturable(_)
@@ -51,7 +55,7 @@ fn refused(r: MoneyRefusal) -> PartnerApiError {
         MoneyRefusal::UnknownCapture | MoneyRefusal::CaptureNotSettled => Some("capture_id".into()),
         _ => None,
     };
-    e.into()
+    e
 }
 
 #[derive(Deserialize)]
@@ -152,7 +156,10 @@ fn parse_refund(body: &[u8]) -> Result<(RefundOrder, Value), ApiError> {
         {
             Some(OperationId::new(id))
         }
-        Some(_) => return Err(ApiError::not_found("capture").field("capture_id")),
+        // An id that cannot be one of ours names no capture (as an unknown one does).
+        Some(_) => {
+            return Err(refused_api(MoneyRefusal::UnknownCapture));
+        }
         None => None,
     };
     Ok((

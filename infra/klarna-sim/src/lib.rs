@@ -217,6 +217,11 @@ impl SimHandle {
         self.inner.shared.lock().faults.push(fault);
     }
 
+    /// Disarms every injected API fault (Klarna is healthy again).
+    pub fn clear_faults(&self) {
+        self.inner.shared.lock().faults.clear();
+    }
+
     /// How many injected faults are still armed for `route` (none fired yet for them).
     pub fn pending_faults(&self, route: Route) -> u32 {
         self.inner

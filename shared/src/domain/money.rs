@@ -96,6 +96,9 @@ pub struct Transaction {
     pub voided_amount: i64,
     pub voided_at: Option<DateTime<Utc>>,
     pub reauthorizations: u32,
+    /// How often Klarna's funding state changed (names each change's notification).
+    #[serde(default)]
+    pub funding_changes: u32,
 }
 
 impl Transaction {
@@ -112,6 +115,7 @@ impl Transaction {
             voided_amount: 0,
             voided_at: None,
             reauthorizations: 0,
+            funding_changes: 0,
         }
     }
 

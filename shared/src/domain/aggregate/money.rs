@@ -464,7 +464,9 @@ pub fn apply_money(
                 return Ok(Decision::Unchanged(Unchanged::AlreadyDone));
             }
             Ok(with(payment, now, vec![MoneyEvent::Voided], |t| {
-                t.voided_amount = t.capturable();
+                // What was neither captured nor in flight: not `capturable()`, which is 0 once
+                // Klarna's own event about the void moved the state first.
+                t.voided_amount = (t.authorized_amount - t.capture_held()).max(0);
                 t.voided_at = Some(now);
                 t.state = if t.captured() > 0 {
                     TransactionState::Completed
@@ -536,6 +538,7 @@ fn observed(
         }
         if let Some(f) = facts.funding.filter(|f| t.funding.as_ref() != Some(f)) {
             next_t.funding = Some(f);
+            next_t.funding_changes += 1;
             events.push(MoneyEvent::FundingChanged);
         }
     }
