@@ -120,6 +120,8 @@ fn fanout(c: &mut Criterion) {
             klarna_customer_token: Some(CustomerToken::new(
                 "krn:partner:eu1:test:identity:customer-token:a1b2c3d4e5f60718a1b2c3d4e5f60718",
             )),
+            operation: None,
+            transaction: None,
         },
     };
     let body = serde_json::to_string(&notification).expect("json");
