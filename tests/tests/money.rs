@@ -640,6 +640,50 @@ async fn reauthorize_after_expiry_and_closed_after_the_grace() {
         (s, v["error"]["code"].clone()),
         (409, json!("transaction_completed"))
     );
+
+    // Never captured, expired, and the grace passed: Klarna closes it; nothing more is possible.
+    let (never, answer) = authorized(&w, &p, 500, false).await;
+    let tx = answer["klarna_transaction_id"].as_str().unwrap().to_owned();
+    assert!(
+        sim_control(
+            &w,
+            &format!("/_sim/transactions/{}/expire", urlencode(&tx)),
+            json!({})
+        )
+        .await
+            < 300
+    );
+    w.sim.advance_clock(chrono::Duration::days(8));
+    let (s, v) = post(
+        &w,
+        &p,
+        &format!("/v1/payments/{never}/reauthorize"),
+        "re-3",
+        json!({}),
+    )
+    .await;
+    assert_eq!(
+        (s, v["error"]["code"].clone()),
+        (409, json!("transaction_closed")),
+        "{v}"
+    );
+    let closed = get(&w, &p, &never).await;
+    assert_eq!(closed["transaction"]["state"], "CLOSED", "{closed}");
+    for (path, body) in [
+        ("captures", json!({"amount": 1})),
+        ("refunds", json!({"amount": 1})),
+        ("void", json!({})),
+    ] {
+        let (s, v) = post(
+            &w,
+            &p,
+            &format!("/v1/payments/{never}/{path}"),
+            &format!("closed-{path}"),
+            body,
+        )
+        .await;
+        assert!(s == 409 || s == 422, "{path}: {s} {v}");
+    }
     w.settle().await;
     let got = w.drain(&p).await;
     assert_eq!(

@@ -559,7 +559,17 @@ async fn run_transaction_call(
     } else {
         aggregate::check_void(&payment)
     };
-    check.map_err(refused)?;
+    let payment = match check {
+        Ok(()) => payment,
+        // The partner says it expired and our record does not know yet (Klarna's event may be
+        // late or lost): Klarna's transaction decides.
+        Err(MoneyRefusal::NotExpired) => {
+            let fresh = resync(deps, partner, payment).await;
+            aggregate::check_reauthorize(&fresh, now).map_err(refused)?;
+            fresh
+        }
+        Err(r) => return Err(refused(r)),
+    };
     let tx_id = transaction_id(&payment)?;
     let account = &partner.klarna_account_id;
     let reauthorizations = payment
