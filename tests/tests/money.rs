@@ -848,3 +848,103 @@ async fn a_capture_klarna_could_not_answer_stays_pending_and_the_retry_completes
     assert_eq!(count(&got, NotificationType::PaymentCaptured), 2);
     assert_eq!(count(&got, NotificationType::PaymentRefunded), 1);
 }
+
+fn transaction_event(
+    event_id: &str,
+    event_type: &str,
+    payload: Value,
+    at: chrono::DateTime<chrono::Utc>,
+) -> String {
+    json!({
+        "metadata": {
+            "event_id": event_id, "event_type": event_type, "event_version": "v2",
+            "occurred_at": at.to_rfc3339(), "correlation_id": uuid::Uuid::new_v4().to_string(),
+            "subject_account_id": "krn:partner:global:account:test:SIMACCT1",
+            "recipient_account_id": "krn:partner:global:account:test:SIMACCT1",
+            "webhook_id": "krn:partner:global:notification:webhook:test", "live": false
+        },
+        "payload": payload
+    })
+    .to_string()
+}
+
+#[tokio::test]
+async fn transaction_events_are_deduplicated_never_move_back_and_unknown_ones_are_kept() {
+    let w = World::new("money-events").await;
+    let p = w.partner("shop", &["*"]).await;
+    let (id, answer) = authorized(&w, &p, 1000, false).await;
+    let tx = answer["klarna_transaction_id"].as_str().unwrap().to_owned();
+    let now = chrono::Utc::now();
+    let expired = transaction_event(
+        "evt-exp-1",
+        "payment.transaction.state-change.expired",
+        json!({"payment_transaction_id": tx, "state": "EXPIRED", "previous_state": "AUTHORIZED"}),
+        now,
+    );
+    // Delivered twice: one change, one notification.
+    for _ in 0..2 {
+        assert_eq!(w.signed_webhook(&expired).await.status, 200);
+    }
+    assert_eq!(get(&w, &p, &id).await["transaction"]["state"], "EXPIRED");
+    // An older `authorized` arriving late never moves it back.
+    let late = transaction_event(
+        "evt-auth-0",
+        "payment.transaction.state-change.authorized",
+        json!({"payment_transaction_id": tx, "state": "AUTHORIZED"}),
+        now - chrono::Duration::minutes(5),
+    );
+    assert_eq!(w.signed_webhook(&late).await.status, 200);
+    assert_eq!(get(&w, &p, &id).await["transaction"]["state"], "EXPIRED");
+    // Funding: told once per change.
+    let funded = transaction_event(
+        "evt-fund-1",
+        "payment.transaction.funding.state-change.funded",
+        json!({"payment_transaction_id": tx, "payment_funding": {"type": "GUARANTEED", "state": "FUNDED"}}),
+        now,
+    );
+    assert_eq!(w.signed_webhook(&funded).await.status, 200);
+    assert_eq!(
+        get(&w, &p, &id).await["transaction"]["funding"]["state"],
+        "FUNDED"
+    );
+    // A transaction nobody knows, and an event type nobody knows: acknowledged, kept, no change.
+    for (n, t, payload) in [
+        (
+            "evt-x-1",
+            "payment.transaction.captured",
+            json!({"payment_transaction_id": "krn:payment:eu1:transaction:unknown", "payment_capture_id": "c", "capture_amount": 5}),
+        ),
+        (
+            "evt-x-2",
+            "payment.transaction.state-change.frozen",
+            json!({"payment_transaction_id": tx}),
+        ),
+    ] {
+        let r = w
+            .signed_webhook(&transaction_event(n, t, payload, now))
+            .await;
+        assert_eq!(r.status, 200, "{t}");
+    }
+    // A forged one is refused and changes nothing.
+    let forged = transaction_event(
+        "evt-forged",
+        "payment.transaction.state-change.closed",
+        json!({"payment_transaction_id": tx, "state": "CLOSED"}),
+        now,
+    );
+    let r = w
+        .webhook(&forged, Some(&w.signing_key_id), Some("00"))
+        .await;
+    assert_eq!(r.status, 400);
+    let view = get(&w, &p, &id).await;
+    assert_eq!(view["transaction"]["state"], "EXPIRED", "{view}");
+    assert_eq!(view["transaction"]["captured_amount"], 0);
+    w.settle().await;
+    let got = w.drain(&p).await;
+    assert_eq!(
+        count(&got, NotificationType::PaymentAuthorizationExpired),
+        1
+    );
+    assert_eq!(count(&got, NotificationType::PaymentReauthorized), 0);
+    assert_eq!(count(&got, NotificationType::PaymentFundingChanged), 1);
+}
