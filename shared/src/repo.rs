@@ -34,6 +34,21 @@ pub enum CommitError {
     Store(#[from] StoreError),
 }
 
+/// The pause before deciding again after a lost race (`CommitError::Raced`): jittered and
+/// growing, so writers racing on one item spread out instead of colliding again.
+pub async fn pause_after_race(attempt: u32) {
+    if attempt == 0 {
+        return;
+    }
+    let jitter = crate::crypto::random_bytes(1)
+        .map(|b| u64::from(b[0]))
+        .unwrap_or(128);
+    tokio::time::sleep(std::time::Duration::from_millis(
+        2 + jitter % (5 << attempt.min(4)),
+    ))
+    .await;
+}
+
 /// What else goes into a payment change's transaction.
 #[derive(Default)]
 pub struct With<'a> {

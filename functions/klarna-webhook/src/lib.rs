@@ -278,16 +278,7 @@ pub(crate) fn settled(
 
 /// Before a new attempt: a jittered backoff, so racing deliveries of one record spread out.
 pub(crate) async fn backoff(attempt: u32) {
-    if attempt == 0 {
-        return;
-    }
-    let jitter = shared::crypto::random_bytes(1)
-        .map(|b| u64::from(b[0]))
-        .unwrap_or(128);
-    tokio::time::sleep(std::time::Duration::from_millis(
-        2 + jitter % (5 << attempt.min(4)),
-    ))
-    .await;
+    shared::repo::pause_after_race(attempt).await;
 }
 
 #[cfg(test)]

@@ -28,19 +28,6 @@ use shared::store::StoreError;
 /// a burst of captures on one payment serialises instead of failing.
 const ATTEMPTS: u32 = 64;
 
-async fn backoff(attempt: u32) {
-    if attempt == 0 {
-        return;
-    }
-    let jitter = shared::crypto::random_bytes(1)
-        .map(|b| u64::from(b[0]))
-        .unwrap_or(128);
-    tokio::time::sleep(std::time::Duration::from_millis(
-        1 + jitter % (4 << attempt.min(3)),
-    ))
-    .await;
-}
-
 fn refused(r: MoneyRefusal) -> PartnerApiError {
     refused_api(r).into()
 }
@@ -224,7 +211,7 @@ async fn settle<'a>(
     claim: Option<(&IdempotencyRecord, &shared::repo::AnswerFn<'_>)>,
 ) -> Result<(PaymentRecord, Option<(u16, String)>), PartnerApiError> {
     for attempt in 0..ATTEMPTS {
-        backoff(attempt).await;
+        shared::repo::pause_after_race(attempt).await;
         let change = match aggregate::apply_money(&current, input(), Utc::now()) {
             Ok(Decision::Change(c)) => c,
             Ok(Decision::Unchanged(_)) => return Ok((current, None)),

@@ -287,19 +287,8 @@ impl TransactionApi for KlarnaClient {
         transaction: &KlarnaTransactionId,
         idempotency_key: &str,
     ) -> Result<TransactionDetails, KlarnaError> {
-        let path = format!(
-            "{}/void",
-            unconfirmed::transaction_path(account.as_str(), transaction.as_str())
-        );
-        let headers = [("Klarna-Idempotency-Key", idempotency_key.to_owned())];
-        self.send_json(
-            account,
-            Method::POST,
-            &path,
-            Some(&serde_json::json!({})),
-            &headers,
-        )
-        .await
+        self.transaction_action(account, transaction, "void", idempotency_key)
+            .await
     }
 
     async fn reauthorize(
@@ -308,8 +297,23 @@ impl TransactionApi for KlarnaClient {
         transaction: &KlarnaTransactionId,
         idempotency_key: &str,
     ) -> Result<TransactionDetails, KlarnaError> {
+        self.transaction_action(account, transaction, "reauthorize", idempotency_key)
+            .await
+    }
+}
+
+impl KlarnaClient {
+    /// `POST …/{transaction}/{action}` with an empty body: an action on the whole transaction,
+    /// answered with the transaction after it.
+    async fn transaction_action(
+        &self,
+        account: &KlarnaAccountId,
+        transaction: &KlarnaTransactionId,
+        action: &str,
+        idempotency_key: &str,
+    ) -> Result<TransactionDetails, KlarnaError> {
         let path = format!(
-            "{}/reauthorize",
+            "{}/{action}",
             unconfirmed::transaction_path(account.as_str(), transaction.as_str())
         );
         let headers = [("Klarna-Idempotency-Key", idempotency_key.to_owned())];
