@@ -18,6 +18,9 @@ use crate::klarna::{
 use crate::store::records::PaymentRecord;
 use chrono::{DateTime, Duration, Utc};
 
+/// The funding state every transaction starts in (after-payments §2: PENDING → FUNDED | EXPIRED).
+const FUNDING_INITIAL_STATE: &str = "PENDING";
+
 /// What a money change tells the partner (one notification each).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MoneyEvent {
@@ -537,9 +540,14 @@ fn observed(
             next_t.expires_at = Some(e);
         }
         if let Some(f) = facts.funding.filter(|f| t.funding.as_ref() != Some(f)) {
+            // The first word on funding is a change only if it is news: every transaction
+            // starts PENDING, so learning that is recorded without telling the partner.
+            let news = t.funding.is_some() || !f.state.eq_ignore_ascii_case(FUNDING_INITIAL_STATE);
             next_t.funding = Some(f);
-            next_t.funding_changes += 1;
-            events.push(MoneyEvent::FundingChanged);
+            if news {
+                next_t.funding_changes += 1;
+                events.push(MoneyEvent::FundingChanged);
+            }
         }
     }
     // A capture Klarna reports that we do not know: made outside this backend. While one of ours

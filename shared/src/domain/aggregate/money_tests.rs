@@ -538,3 +538,57 @@ fn auto_capture_records_klarnas_capture_with_the_authorization() {
     );
     assert_eq!(t(&p).captures[0].origin, Origin::AutoCapture);
 }
+
+#[test]
+fn funding_is_told_when_it_changes_not_when_it_is_first_learned_pending() {
+    let funding = |state: &str| TransactionFacts {
+        funding: Some(Funding {
+            funding_type: Some("GUARANTEED".into()),
+            state: state.into(),
+        }),
+        ..Default::default()
+    };
+    let at = now();
+    let (p, events) = next(apply_money(
+        &authorized(),
+        MoneyInput::Facts {
+            facts: funding("PENDING"),
+            occurred_at: at,
+        },
+        at,
+    ));
+    assert!(
+        events.is_empty(),
+        "PENDING is where every transaction starts"
+    );
+    let (p, events) = next(apply_money(
+        &p,
+        MoneyInput::Facts {
+            facts: funding("FUNDED"),
+            occurred_at: at,
+        },
+        at,
+    ));
+    assert_eq!(events, vec![MoneyEvent::FundingChanged]);
+    assert!(matches!(
+        apply_money(
+            &p,
+            MoneyInput::Facts {
+                facts: funding("FUNDED"),
+                occurred_at: at
+            },
+            at
+        ),
+        Ok(Decision::Unchanged(_))
+    ));
+    // Learned first as FUNDED: that is news.
+    let (_, events) = next(apply_money(
+        &authorized(),
+        MoneyInput::Facts {
+            facts: funding("FUNDED"),
+            occurred_at: at,
+        },
+        at,
+    ));
+    assert_eq!(events, vec![MoneyEvent::FundingChanged]);
+}
