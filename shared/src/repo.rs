@@ -342,13 +342,16 @@ impl Repository {
             })?;
         }
         tx.put_if_version(&next, next.version - 1)?;
-        for m in &effects.money {
-            if let Some(n) = payments::money_notification(&next, m, now) {
+        if from != next.state {
+            if let Some(n) = payments::payment_notification(&next, issued.as_ref(), now) {
                 tx.notify(&n)?;
             }
         }
-        if from != next.state {
-            if let Some(n) = payments::payment_notification(&next, issued.as_ref(), now) {
+        // After the state's own notification (an auto-capture's `payment.captured` follows its
+        // `payment.authorized`), each a microsecond later, so the outbox keys keep that order.
+        for (i, m) in effects.money.iter().enumerate() {
+            let at = now + Duration::microseconds(i64::try_from(i).unwrap_or(0) + 1);
+            if let Some(n) = payments::money_notification(&next, m, at) {
                 tx.notify(&n)?;
             }
         }

@@ -1,5 +1,6 @@
 //! The README's run command, non-interactively: the whole walk-through (flows A, B, C, the token
-//! lifecycle and a misbehaving world) must pass with nothing left in any dead-letter queue.
+//! lifecycle, money after the authorize and a misbehaving world) must pass with nothing left in
+//! any dead-letter queue.
 
 use local_stack::runner::{self, RunnerOptions};
 use local_stack::walkthrough::{self, Style};
@@ -28,6 +29,11 @@ async fn the_walkthrough_passes_every_step() {
     );
     assert!(report.steps >= 25, "{} steps", report.steps);
     assert_eq!(report.dead_letters, 0);
-    assert_eq!(report.notifications.get("payment.authorized"), Some(&6));
+    // Six from the flows, two from the money section's orders.
+    assert_eq!(report.notifications.get("payment.authorized"), Some(&8));
     assert_eq!(report.notifications.get("token.revoked"), Some(&2));
+    // Two shipments, a partly shipped order and flow C's subscription charge captured at once.
+    assert_eq!(report.notifications.get("payment.captured"), Some(&4));
+    assert_eq!(report.notifications.get("payment.refunded"), Some(&1));
+    assert_eq!(report.notifications.get("payment.voided"), Some(&1));
 }
