@@ -10,6 +10,7 @@ pub mod domain;
 pub mod http;
 pub mod ids;
 pub mod klarna;
+pub mod metrics;
 pub mod notify;
 pub mod partners;
 pub mod payments;
@@ -28,6 +29,12 @@ pub mod idempotency {
     /// the original result instead of acting twice.
     pub fn klarna_key(payment_id: &str, operation: &str) -> String {
         derive(&[payment_id, operation]).to_string()
+    }
+
+    /// `Klarna-Idempotency-Key` of a money operation (a capture, a refund, a reauthorization) on
+    /// a payment: the partner's retry and the reconciler send the same key.
+    pub fn operation_key(payment_id: &str, what: &str) -> String {
+        derive(&[payment_id, "klarna", what]).to_string()
     }
 
     /// A UUIDv5 of the parts, joined unambiguously.

@@ -225,12 +225,19 @@ impl Repository {
             session_token_received_at: None,
             completed_customer_token_sealed: None,
             finalize_lease_until_ms: None,
+            reconcile_lease_until_ms: None,
+            reconcile_after: None,
+            reconcile_attempts: 0,
+            due_shard: None,
+            due_at_ms: None,
             klarna_transaction_id: None,
             transaction: None,
             reason: None,
             created_at: now,
             updated_at: now,
         };
+        let mut p = p;
+        stamp_due(&mut p);
         match self.store.put_new(&p).await {
             Ok(()) => Ok(p),
             Err(e) if e.is_conflict() => self.store.get(&pk, &sk).await?.ok_or(e),
@@ -341,6 +348,7 @@ impl Repository {
                 payment_id: next.payment_id.clone(),
             })?;
         }
+        stamp_due(&mut next);
         tx.put_if_version(&next, next.version - 1)?;
         if from != next.state {
             if let Some(n) = payments::payment_notification(&next, issued.as_ref(), now) {
@@ -355,14 +363,18 @@ impl Repository {
                 tx.notify(&n)?;
             }
         }
-        if effects.finalize_job {
+        if effects.finalize_job || effects.requeue_finalize.is_some() {
             let job = FinalizeJob {
                 partner_id: next.partner_id.clone(),
                 payment_id: next.payment_id.clone(),
             };
+            // A job sent again has its own id: the step-up queue deduplicates by id.
+            let nth = effects.requeue_finalize.map(|n| n.to_string());
+            let mut parts = vec![next.payment_id.as_str(), "finalize"];
+            parts.extend(nth.as_deref());
             let job_id = NotificationId::new(format!(
                 "job_{}",
-                crate::idempotency::derive(&[next.payment_id.as_str(), "finalize"]).simple()
+                crate::idempotency::derive(&parts).simple()
             ));
             tx.finalize_job(&job_id, &job, now)?;
         }
@@ -388,6 +400,54 @@ impl Repository {
             Err(StoreError::Conflict { .. }) => Err(CommitError::Raced),
             Err(e) => Err(e.into()),
         }
+    }
+
+    // --- the reconciler's index ---------------------------------------------------------------
+
+    /// Payments due for the reconciler at `now`, the longest-waiting first, at most `limit`
+    /// (over every shard of the sparse `due` index; no table scan). The index is eventually
+    /// consistent: the reconciler reads each payment again before acting on it.
+    pub async fn due_payments(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<DuePayment>, StoreError> {
+        self.query_due(Some(now.timestamp_millis()), limit).await
+    }
+
+    /// Every payment in the `due` index (not final, or with money to follow), soonest due first.
+    pub async fn waiting_payments(&self, limit: usize) -> Result<Vec<DuePayment>, StoreError> {
+        self.query_due(None, limit).await
+    }
+
+    async fn query_due(
+        &self,
+        upto_ms: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<DuePayment>, StoreError> {
+        let mut all = Vec::new();
+        for shard in 0..DUE_SHARDS {
+            let items = self
+                .store
+                .query_index_upto(
+                    DUE_INDEX,
+                    ("due_shard", &due_shard_name(shard)),
+                    ("due_at_ms", upto_ms.unwrap_or(i64::MAX)),
+                    limit,
+                )
+                .await?;
+            for item in items {
+                all.push(crate::store::from_item::<DuePayment>(item)?);
+            }
+        }
+        all.sort_by_key(|d| d.due_at_ms);
+        all.truncate(limit);
+        Ok(all)
+    }
+
+    /// A payment the `due` index named (a strongly consistent read of the table).
+    pub async fn due_payment(&self, d: &DuePayment) -> Result<Option<PaymentRecord>, StoreError> {
+        self.store.get(&d.pk, &d.sk).await
     }
 
     // --- tokens -------------------------------------------------------------------------------
@@ -716,6 +776,34 @@ impl Repository {
     /// The clear body of an outbox item read from the stream.
     pub fn outbox_body(&self, item: &OutboxItem) -> Result<String, StoreError> {
         self.open(&item.payload_sealed, item.id.as_str())
+    }
+}
+
+/// The sparse index the reconciler reads (see template.yaml): partition `due_shard`, sort
+/// `due_at_ms`. Sharded so that every payment write does not land on one index partition.
+pub const DUE_INDEX: &str = "due";
+const DUE_SHARDS: u8 = 4;
+
+fn due_shard_name(shard: u8) -> String {
+    format!("DUE#{shard}")
+}
+
+/// Writes the payment's place in the `due` index, from the domain's schedule: a payment that
+/// nothing can leave waiting has none, and drops out of the index.
+fn stamp_due(p: &mut PaymentRecord) {
+    match crate::domain::reconcile::due_at(p) {
+        Some(at) => {
+            let shard = crate::crypto::sha256_hex(p.payment_id.as_str().as_bytes())
+                .bytes()
+                .next()
+                .map_or(0, |b| b % DUE_SHARDS);
+            p.due_shard = Some(due_shard_name(shard));
+            p.due_at_ms = Some(at.timestamp_millis());
+        }
+        None => {
+            p.due_shard = None;
+            p.due_at_ms = None;
+        }
     }
 }
 

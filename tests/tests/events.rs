@@ -131,7 +131,7 @@ async fn every_sample_event_is_answered_by_its_function() {
     let step = step_up_completion::Deps::new(
         step_up_completion::Config {
             store: store_config.clone(),
-            klarna: klarna_config,
+            klarna: klarna_config.clone(),
         },
         sdk,
     )
@@ -141,6 +141,35 @@ async fn every_sample_event_is_answered_by_its_function() {
     assert!(
         r.batch_item_failures.is_empty(),
         "a job for an unknown payment is dropped, not retried"
+    );
+
+    let reconciler = reconciler::Deps::new(
+        reconciler::Config {
+            store: store_config.clone(),
+            klarna: klarna_config.clone(),
+        },
+        sdk,
+    )
+    .await
+    .unwrap();
+    let deadline = std::time::SystemTime::now() + std::time::Duration::from_secs(240);
+    let report = reconciler::handle(
+        &reconciler,
+        sample::<serde_json::Value>("eventbridge-scheduled.json"),
+        deadline,
+    )
+    .await
+    .expect("a scheduled run");
+    assert_eq!(
+        (report.due, report.deferred),
+        (0, 0),
+        "the sample payment is young: nothing is due yet"
+    );
+    assert!(
+        reconciler::handle(&reconciler, serde_json::json!({"limit": "all"}), deadline)
+            .await
+            .is_err(),
+        "a malformed run request is refused"
     );
 
     let fanout = partner_fanout::Deps::new(

@@ -1005,3 +1005,81 @@ async fn webhook_test_shows_the_deployed_endpoint_accepts_klarnas_signed_events(
     .await;
     assert!(matches!(e, OpsError::NotFound(_)), "{e}");
 }
+
+#[tokio::test]
+async fn payments_waiting_lists_unfinished_payments_and_reconcile_finishes_them() {
+    let (w, key) = world("ops-recon").await;
+    let c = ops_ctx(&w, &key);
+    let a = w.partner("a", &["*"]).await;
+    let b = w.partner("b", &["*"]).await;
+    w.sim
+        .inject_webhook(klarna_sim::WebhookFault::Lose { count: 1000 });
+    let mut started = Vec::new();
+    for (p, k) in [(&a, "w-a"), (&b, "w-b")] {
+        let r = w
+            .call(
+                "POST",
+                "/v1/payments",
+                Some(&p.api_key),
+                Some(k),
+                Some(&payment_body(1200, "c@example.com")),
+            )
+            .await;
+        assert_eq!(r.status, 202);
+        let id = r.json()["payment_id"].as_str().unwrap().to_owned();
+        let pr = r.json()["step_up"]["payment_request_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        started.push((p.id.clone(), id, pr));
+    }
+    let (json, text) = ops(&c, &["payments", "waiting", "--partner", a.id.as_str()]).await;
+    let rows = json["payments"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{json}");
+    assert_eq!(rows[0]["payment_id"], started[0].1.as_str());
+    assert_eq!(rows[0]["state"], "STEP_UP_PENDING");
+    assert_eq!(rows[0]["reconciler_due"], false);
+    assert!(text.contains("STEP_UP_PENDING"), "{text}");
+    let (all, _) = ops(&c, &["payments", "waiting"]).await;
+    assert_eq!(all["payments"].as_array().unwrap().len(), 2);
+    let (none, _) = ops(&c, &["payments", "waiting", "--state", "pending"]).await;
+    assert!(none["payments"].as_array().unwrap().is_empty());
+    assert!(matches!(
+        ops_err(&c, &["payments", "waiting", "--state", "nope"]).await,
+        OpsError::Usage(_)
+    ));
+
+    // A's customer completed; its webhook was lost. As if 20 quiet minutes had passed (the
+    // reconciler leaves young step-ups alone), an operator's run finishes it.
+    w.sim
+        .complete(&started[0].2, Some("c@example.com"))
+        .unwrap();
+    let repo = &w.stack.reconciler.repo;
+    let mut p = repo
+        .payment(&started[0].0, &shared::ids::PaymentId::new(&started[0].1))
+        .await
+        .unwrap()
+        .unwrap();
+    p.updated_at -= chrono::Duration::minutes(20);
+    p.due_at_ms = Some((chrono::Utc::now() - chrono::Duration::minutes(5)).timestamp_millis());
+    repo.store().put(&p).await.unwrap();
+    let (report, text) = ops(&c, &["payments", "reconcile"]).await;
+    assert_eq!(
+        report["actions"]["read_payment_request"]["moved"], 1,
+        "{report}"
+    );
+    assert!(text.contains("1 moved"), "{text}");
+    w.settle().await;
+    let (after, _) = ops(&c, &["payments", "waiting"]).await;
+    let left: Vec<_> = after["payments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["payment_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        !left.contains(&started[0].1) || after["payments"][0]["state"] == "AUTHORIZED",
+        "A is no longer waiting for Klarna: {after}"
+    );
+    assert!(left.contains(&started[1].1), "B still waits: {after}");
+}

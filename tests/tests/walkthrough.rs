@@ -16,6 +16,7 @@ async fn the_walkthrough_passes_every_step() {
             sim_port: 0,
             prefix,
             time_scale: 0.001,
+            reconcile_every: None,
         },
     )
     .await
@@ -29,8 +30,8 @@ async fn the_walkthrough_passes_every_step() {
     );
     assert!(report.steps >= 25, "{} steps", report.steps);
     assert_eq!(report.dead_letters, 0);
-    // Six from the flows, two from the money section's orders.
-    assert_eq!(report.notifications.get("payment.authorized"), Some(&8));
+    // Six from the flows, two from the money section's orders, one rescued by the reconciler.
+    assert_eq!(report.notifications.get("payment.authorized"), Some(&9));
     assert_eq!(report.notifications.get("token.revoked"), Some(&2));
     // Two shipments, a partly shipped order and flow C's subscription charge captured at once.
     assert_eq!(report.notifications.get("payment.captured"), Some(&4));

@@ -25,6 +25,7 @@ use shared::bootstrap::{SdkConfig, Wired};
 use shared::domain::aggregate::IllegalTransition;
 use shared::http::{self as h, ApiError};
 use shared::klarna::webhook::WebhookMetadata;
+use shared::klarna::SignatureError;
 use shared::repo::{CommitError, EventStore, Repository};
 use shared::store::records::KlarnaEventOutcome;
 use shared::store::StoreError;
@@ -87,6 +88,10 @@ impl Deps {
 pub enum WebhookError {
     #[error("{}", .0.message)]
     Refused(ApiError),
+    /// The signature did not verify: kept apart so the metric can tell a forged or mis-keyed
+    /// delivery from an unknown key id (a rotation out of order).
+    #[error("{0}")]
+    Signature(SignatureError),
     #[error("store: {0}")]
     Store(#[from] StoreError),
     #[error("signing keys unavailable: {0}")]
@@ -103,12 +108,41 @@ impl WebhookError {
     fn into_api_error(self) -> ApiError {
         match self {
             WebhookError::Refused(e) => e,
+            WebhookError::Signature(e) => ApiError::new(400, "invalid_signature", e.to_string()),
             WebhookError::Store(e) if !e.is_retryable() => internal(),
             WebhookError::Illegal(_) => internal(),
             WebhookError::Store(_) | WebhookError::Keys(_) | WebhookError::Contention => {
                 ApiError::new(503, "temporarily_unavailable", "retry later")
             }
         }
+    }
+}
+
+impl WebhookError {
+    /// The `Reason` dimension of `WebhookRefused`, one word per way a delivery is refused;
+    /// `None` for failures Klarna retries (5xx), which are not refusals.
+    fn refusal_reason(&self) -> Option<&'static str> {
+        Some(match self {
+            WebhookError::Signature(
+                SignatureError::Mismatch | SignatureError::MalformedSignature,
+            ) => "bad_signature",
+            WebhookError::Signature(SignatureError::UnknownKeyId) => "unknown_key",
+            // Klarna always sends both headers: this is traffic that is not Klarna's.
+            WebhookError::Signature(
+                SignatureError::MissingKeyId | SignatureError::MissingSignature,
+            ) => "unsigned",
+            WebhookError::Refused(e) => match e.code {
+                "stale_event" => "stale",
+                "future_event" => "future",
+                "malformed_event" => "malformed",
+                "payload_too_large" => "too_large",
+                _ => "bad_request",
+            },
+            WebhookError::Store(_)
+            | WebhookError::Keys(_)
+            | WebhookError::Contention
+            | WebhookError::Illegal(_) => return None,
+        })
     }
 }
 
@@ -125,7 +159,11 @@ pub async fn handle(deps: &Deps, req: ApiGatewayV2httpRequest) -> ApiGatewayV2ht
                 h::json_response(200, &serde_json::json!({ "received": true }))
             }
             Err(e) => {
-                let refused = matches!(e, WebhookError::Refused(_));
+                let reason = e.refusal_reason();
+                if let Some(r) = reason {
+                    shared::metrics::count("WebhookRefused", &[("Reason", r)], 1);
+                }
+                let refused = reason.is_some();
                 let msg = e.to_string();
                 let api = e.into_api_error();
                 if refused {
@@ -157,6 +195,7 @@ async fn process(
         now,
         deps.replay_window,
     )?;
+    let kind = routed.kind();
     let repo = &deps.repo;
     let delivery = |m| Delivery {
         metadata: m,
@@ -164,7 +203,7 @@ async fn process(
         replay_window: deps.replay_window,
         now,
     };
-    match routed {
+    let outcome = match routed {
         Routed::Malformed(e) => {
             // Signed by Klarna but unreadable: keep it for an operator, answer 400.
             let kept = deps
@@ -202,7 +241,11 @@ async fn process(
                 Ok(KlarnaEventOutcome::NoOp)
             }
         }
+    };
+    if outcome.is_ok() {
+        shared::metrics::count("WebhookAccepted", &[("Kind", kind)], 1);
     }
+    outcome
 }
 
 /// One verified, fresh delivery of an event; the steps that act on it take the store
@@ -295,6 +338,42 @@ mod tests {
             status(WebhookError::Store(StoreError::Data("bad".into()))),
             500
         );
+    }
+
+    #[test]
+    fn each_refusal_has_the_reason_its_alarm_matches_and_retryable_failures_have_none() {
+        use SignatureError::*;
+        let reason = |e: WebhookError| e.refusal_reason();
+        assert_eq!(
+            reason(WebhookError::Signature(Mismatch)),
+            Some("bad_signature")
+        );
+        assert_eq!(
+            reason(WebhookError::Signature(MalformedSignature)),
+            Some("bad_signature")
+        );
+        assert_eq!(
+            reason(WebhookError::Signature(UnknownKeyId)),
+            Some("unknown_key")
+        );
+        assert_eq!(
+            reason(WebhookError::Signature(MissingKeyId)),
+            Some("unsigned")
+        );
+        assert_eq!(
+            reason(WebhookError::Signature(MissingSignature)),
+            Some("unsigned")
+        );
+        assert_eq!(reason(refuse("stale_event", "old")), Some("stale"));
+        assert_eq!(reason(refuse("future_event", "ahead")), Some("future"));
+        assert_eq!(reason(refuse("malformed_event", "x")), Some("malformed"));
+        let too_large = ApiError::new(413, "payload_too_large", "big");
+        assert_eq!(reason(WebhookError::Refused(too_large)), Some("too_large"));
+        assert_eq!(reason(WebhookError::Keys("down".into())), None);
+        assert_eq!(reason(WebhookError::Contention), None);
+        // The partner-visible code of a signature refusal is unchanged.
+        let api = WebhookError::Signature(UnknownKeyId).into_api_error();
+        assert_eq!((api.status, api.code), (400, "invalid_signature"));
     }
 
     #[test]

@@ -41,6 +41,19 @@ pub enum Routed {
     Unrouted(WebhookEnvelope),
 }
 
+impl Routed {
+    /// The `Kind` dimension of `WebhookAccepted`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Routed::StateChange { .. } => "payment_request",
+            Routed::Transaction { .. } => "transaction",
+            Routed::TokenRevoked { .. } => "token",
+            Routed::Unrouted(_) => "unknown",
+            Routed::Malformed(_) => "malformed",
+        }
+    }
+}
+
 pub(crate) fn refuse(code: &'static str, message: impl Into<String>) -> WebhookError {
     WebhookError::Refused(ApiError::new(400, code, message))
 }
@@ -57,7 +70,7 @@ pub fn verify_and_route(
 ) -> Result<Routed, WebhookError> {
     if let Err(e) = keys.verify(key_id, signature, body) {
         tracing::warn!(signing_key_id = key_id, event_id = peek_event_id(body).as_deref(), reason = %e, "signature refused");
-        return Err(refuse("invalid_signature", e.to_string()));
+        return Err(WebhookError::Signature(e));
     }
     let envelope: WebhookEnvelope = match serde_json::from_slice(body) {
         Ok(e) => e,
@@ -157,7 +170,9 @@ mod tests {
 
     fn code(r: Result<Routed, WebhookError>) -> &'static str {
         match r {
-            Err(WebhookError::Refused(e)) => e.code,
+            Err(e @ (WebhookError::Refused(_) | WebhookError::Signature(_))) => {
+                e.into_api_error().code
+            }
             Err(e) => panic!("not a refusal: {e}"),
             Ok(_) => panic!("accepted"),
         }

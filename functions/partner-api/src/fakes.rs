@@ -26,8 +26,8 @@ pub struct FakeStore {
 
 #[derive(Clone)]
 enum Item {
-    Token(TokenRecord),
-    Payment(PaymentRecord),
+    Token(Box<TokenRecord>),
+    Payment(Box<PaymentRecord>),
 }
 
 impl FakeStore {
@@ -44,7 +44,10 @@ impl FakeStore {
         t.pk = partner_pk(&t.partner_id);
         t.sk = token_sk(&token_hash(&BackendToken::new(raw)));
         let key = (t.pk.clone(), t.sk.clone());
-        self.items.lock().unwrap().insert(key, Item::Token(t));
+        self.items
+            .lock()
+            .unwrap()
+            .insert(key, Item::Token(Box::new(t)));
         self
     }
 
@@ -52,7 +55,10 @@ impl FakeStore {
         p.pk = partner_pk(&p.partner_id);
         p.sk = payment_sk(&p.payment_id);
         let key = (p.pk.clone(), p.sk.clone());
-        self.items.lock().unwrap().insert(key, Item::Payment(p));
+        self.items
+            .lock()
+            .unwrap()
+            .insert(key, Item::Payment(Box::new(p)));
         self
     }
 
@@ -72,14 +78,14 @@ impl FakeStore {
 
     fn read_token(&self, pk: &str, sk: &str) -> Result<Option<TokenRecord>, StoreError> {
         Ok(match self.read(pk, sk)? {
-            Some(Item::Token(t)) => Some(t),
+            Some(Item::Token(t)) => Some(*t),
             _ => None,
         })
     }
 
     fn read_payment(&self, pk: &str, sk: &str) -> Result<Option<PaymentRecord>, StoreError> {
         Ok(match self.read(pk, sk)? {
-            Some(Item::Payment(p)) => Some(p),
+            Some(Item::Payment(p)) => Some(*p),
             _ => None,
         })
     }
@@ -118,7 +124,7 @@ impl TokenStore for FakeStore {
         let key = (t.pk.clone(), t.sk.clone());
         match items.get(&key) {
             Some(Item::Token(cur)) if cur.version == expected_version => {
-                items.insert(key, Item::Token(t.clone()));
+                items.insert(key, Item::Token(Box::new(t.clone())));
                 Ok(())
             }
             _ => Err(StoreError::Conflict { failed: vec![0] }),
@@ -201,6 +207,11 @@ pub fn payment(partner: &str, id: &str, state: PaymentState) -> PaymentRecord {
         session_token_received_at: None,
         completed_customer_token_sealed: None,
         finalize_lease_until_ms: None,
+        reconcile_lease_until_ms: None,
+        reconcile_after: None,
+        reconcile_attempts: 0,
+        due_shard: None,
+        due_at_ms: None,
         klarna_transaction_id: None,
         transaction: None,
         reason: None,

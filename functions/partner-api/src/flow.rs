@@ -172,6 +172,7 @@ async fn record(
             }
         };
         log_outcome(&change.next);
+        let outcome = change.next.state;
         let with = With {
             charged_token: charged.as_ref(),
             claim: Some((claim, &partner_answer)),
@@ -179,6 +180,11 @@ async fn record(
         };
         match deps.repo.commit(*change, with, now).await {
             Ok(done) => {
+                shared::metrics::count(
+                    "AuthorizeOutcome",
+                    &[("Stage", "initial"), ("Outcome", outcome.as_str())],
+                    1,
+                );
                 let (status, body) = done.answer.unwrap_or_default();
                 return Ok(raw_json(status, body));
             }

@@ -172,7 +172,7 @@ fn operation_id(prefix: &str, payment: &PaymentRecord, route: &str, key: &str) -
 
 /// Klarna's idempotency key for one operation: deterministic, so every retry sends the same.
 fn klarna_key(payment: &PaymentRecord, what: &str) -> String {
-    shared::idempotency::derive(&[payment.payment_id.as_str(), "klarna", what]).to_string()
+    shared::idempotency::operation_key(payment.payment_id.as_str(), what)
 }
 
 fn transaction_id(p: &PaymentRecord) -> Result<KlarnaTransactionId, PartnerApiError> {

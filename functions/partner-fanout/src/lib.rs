@@ -81,6 +81,9 @@ pub struct Outgoing {
     pub group_id: Option<String>,
     pub dedup_id: Option<String>,
     pub attributes: Vec<(&'static str, String)>,
+    /// What the outbox item is and when it was written, for `NotificationLag`.
+    pub kind: OutboxKind,
+    pub created_at: chrono::DateTime<Utc>,
 }
 
 pub async fn handle(deps: &Deps, event: DynamoDbEvent) -> DynamoDbEventResponse {
@@ -210,6 +213,8 @@ async fn messages_for(
             group_id: None,
             dedup_id: None,
             attributes: vec![("job-id", item.id.to_string())],
+            kind: item.kind,
+            created_at: item.created_at,
         }]),
         OutboxKind::Notification => {
             let partner = partner(deps, partners, &item.partner_id).await?;
@@ -267,6 +272,8 @@ pub fn partner_messages(
                     ("webhook-signature", signature.clone()),
                     ("event-type", item.event_type.clone()),
                 ],
+                kind: item.kind,
+                created_at: item.created_at,
             }
         })
         .collect())
@@ -368,7 +375,9 @@ pub async fn send_all(sqs: &aws_sdk_sqs::Client, outgoing: Vec<Outgoing>) -> Vec
             if batch.is_empty() {
                 continue;
             }
-            for i in send_batch(sqs, &queue, &batch).await {
+            let undelivered = send_batch(sqs, &queue, &batch).await;
+            record_lag(&batch, &undelivered);
+            for i in undelivered {
                 holds.message_failed(&batch[i]);
                 failed.push(batch[i].record);
             }
@@ -383,6 +392,23 @@ pub async fn send_all(sqs: &aws_sdk_sqs::Client, outgoing: Vec<Outgoing>) -> Vec
         }
     }
     failed
+}
+
+/// `NotificationLag` of each message SQS accepted: from the outbox write to now, the whole wait
+/// of the stream, the fan-out and its retries.
+fn record_lag(batch: &[Outgoing], undelivered: &[usize]) {
+    let now = Utc::now();
+    for (i, m) in batch.iter().enumerate() {
+        if undelivered.contains(&i) {
+            continue;
+        }
+        let kind = match m.kind {
+            OutboxKind::Notification => "notification",
+            OutboxKind::FinalizeJob => "finalize_job",
+        };
+        let lag = now.signed_duration_since(m.created_at).num_milliseconds();
+        shared::metrics::milliseconds("NotificationLag", &[("Kind", kind)], lag as f64);
+    }
 }
 
 /// Whether SQS accepted a message of a FIFO group after refusing an earlier one of the same group
@@ -545,6 +571,8 @@ mod tests {
             group_id: group.map(str::to_owned),
             dedup_id: group.map(|_| format!("evt_{record}")),
             attributes: Vec::new(),
+            kind: OutboxKind::Notification,
+            created_at: Utc::now(),
         }
     }
 

@@ -132,7 +132,7 @@ async fn finalize(
     let session = match input_needed(store, klarna, &partner, leased, received, now).await? {
         Needs::Blocked(block) => {
             let decision = aggregate::apply(leased, Input::FinalizeBlocked(block), now)?;
-            return commit(store, leased, decision, now).await;
+            return commit(store, leased, decision, received, now).await;
         }
         Needs::Authorize(session) => session,
     };
@@ -163,7 +163,7 @@ async fn finalize(
         Decision::Unchanged(Unchanged::KlarnaUnavailable) => {
             Err(answer.err().map_or(StepUpError::Busy, StepUpError::from))
         }
-        decision => commit(store, leased, decision, now).await,
+        decision => commit(store, leased, decision, received, now).await,
     }
 }
 
@@ -200,10 +200,13 @@ async fn session_token(
     Ok(session_token_of(&request))
 }
 
+/// Commits the final outcome; `received`: when the session token arrived, the start of the wait
+/// `FinalAuthorizeLatency` measures (what the customer waits for after completing the journey).
 async fn commit(
     store: &(impl PaymentStore + PaymentCommits),
     leased: &PaymentRecord,
     decision: Decision,
+    received: DateTime<Utc>,
     now: DateTime<Utc>,
 ) -> Result<JobOutcome, StepUpError> {
     let change = match decision {
@@ -217,6 +220,19 @@ async fn commit(
         Ok(c) => {
             let next = &c.next;
             tracing::info!(to = %next.state, reason = next.reason.as_deref(), "payment finalized");
+            // Blocked outcomes (FAILED without a usable session token) count too: they are what
+            // the customer got.
+            shared::metrics::count(
+                "AuthorizeOutcome",
+                &[("Stage", "final"), ("Outcome", next.state.as_str())],
+                1,
+            );
+            let waited = Utc::now().signed_duration_since(received);
+            shared::metrics::milliseconds(
+                "FinalAuthorizeLatency",
+                &[("Stage", "final")],
+                waited.num_milliseconds() as f64,
+            );
             Ok(JobOutcome::Finalized(next.state))
         }
         // Our lease lapsed and another container finished: its outcome stands.

@@ -84,6 +84,12 @@ pub enum WebhookFault {
         #[serde(default = "one")]
         count: u32,
     },
+    /// The next `count` events are never delivered, nor retried (a webhook deleted at Klarna,
+    /// or Klarna's retries exhausted): what only polling can recover from.
+    Lose {
+        #[serde(default = "one")]
+        count: u32,
+    },
 }
 
 /// Armed webhook faults (counters).
@@ -94,6 +100,7 @@ pub(crate) struct WebhookFaultState {
     pub stale_after_newer: u32,
     pub wrong_signature: u32,
     pub unknown_key_id: u32,
+    pub lose: u32,
 }
 
 impl WebhookFaultState {
@@ -104,6 +111,7 @@ impl WebhookFaultState {
             WebhookFault::StaleAfterNewer => self.stale_after_newer += 1,
             WebhookFault::WrongSignature { count } => self.wrong_signature += count,
             WebhookFault::UnknownKeyId { count } => self.unknown_key_id += count,
+            WebhookFault::Lose { count } => self.lose = self.lose.saturating_add(count),
         }
     }
 }

@@ -222,6 +222,11 @@ impl SimHandle {
         self.inner.shared.lock().faults.clear();
     }
 
+    /// Disarms every webhook delivery fault (lost, duplicated, reordered, badly signed).
+    pub fn clear_webhook_faults(&self) {
+        self.inner.shared.lock().webhook_faults = Default::default();
+    }
+
     /// How many injected faults are still armed for `route` (none fired yet for them).
     pub fn pending_faults(&self, route: Route) -> u32 {
         self.inner
@@ -267,6 +272,12 @@ impl SimHandle {
     /// A payment transaction as `GET` returns it (after lazy expiry), if it exists.
     pub fn transaction(&self, id: &str) -> Option<Value> {
         self.inner.shared.lock().transaction_json(id)
+    }
+
+    /// How many payment transactions approving authorizes created (an idempotent replay
+    /// creates none).
+    pub fn transaction_count(&self) -> usize {
+        self.inner.shared.lock().transactions.len()
     }
 
     /// Expires an AUTHORIZED transaction now (`state-change.expired` webhook). None if it does

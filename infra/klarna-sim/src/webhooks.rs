@@ -134,14 +134,19 @@ pub(crate) async fn run_dispatcher(
         let Some(ev) = next else { return };
         let previous = last_by_subject.insert(ev.subject.clone(), ev.clone());
 
-        let (hold, duplicate, stale) = {
+        let (lost, hold, duplicate, stale) = {
             let mut w = shared.lock();
             let f = &mut w.webhook_faults;
-            let hold = held.is_none() && take_one(&mut f.out_of_order);
-            let duplicate = !hold && take_one(&mut f.duplicate);
-            let stale = !hold && previous.is_some() && take_one(&mut f.stale_after_newer);
-            (hold, duplicate, stale)
+            let lost = take_one(&mut f.lose);
+            let hold = !lost && held.is_none() && take_one(&mut f.out_of_order);
+            let duplicate = !lost && !hold && take_one(&mut f.duplicate);
+            let stale = !lost && !hold && previous.is_some() && take_one(&mut f.stale_after_newer);
+            (lost, hold, duplicate, stale)
         };
+        if lost {
+            tracing::info!(event_type = ev.event_type(), "webhook fault: event lost");
+            continue;
+        }
         if hold {
             tracing::info!(
                 event_type = ev.event_type(),

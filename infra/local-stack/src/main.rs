@@ -87,6 +87,8 @@ async fn run() -> Result<bool, String> {
             sim_port: a.sim_port,
             prefix: a.prefix.clone(),
             time_scale: 0.01,
+            // Only while the stack is kept running for a person: the walk-through runs it itself.
+            reconcile_every: a.keep_running.then(|| std::time::Duration::from_secs(60)),
         },
     )
     .await?;

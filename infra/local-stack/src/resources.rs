@@ -3,8 +3,9 @@
 
 use crate::template::Template;
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
-    StreamSpecification, StreamViewType, TimeToLiveSpecification,
+    AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection,
+    ProjectionType, ScalarAttributeType, StreamSpecification, StreamViewType,
+    TimeToLiveSpecification,
 };
 use aws_sdk_sqs::types::QueueAttributeName;
 use std::collections::BTreeMap;
@@ -72,6 +73,29 @@ impl Resources {
                     .build()
                     .map_err(|e| err(&table, e))?,
             );
+        }
+        for ix in &t.indexes {
+            let mut gsi = GlobalSecondaryIndex::builder()
+                .index_name(&ix.name)
+                .projection(
+                    Projection::builder()
+                        .projection_type(ProjectionType::from(ix.projection_type.as_str()))
+                        .set_non_key_attributes(
+                            (!ix.non_key_attributes.is_empty())
+                                .then(|| ix.non_key_attributes.clone()),
+                        )
+                        .build(),
+                );
+            for (name, ty) in &ix.key_schema {
+                gsi = gsi.key_schema(
+                    KeySchemaElement::builder()
+                        .attribute_name(name)
+                        .key_type(KeyType::from(ty.as_str()))
+                        .build()
+                        .map_err(|e| err(&table, e))?,
+                );
+            }
+            create = create.global_secondary_indexes(gsi.build().map_err(|e| err(&table, e))?);
         }
         if let Some(view) = &t.stream_view_type {
             create = create.stream_specification(

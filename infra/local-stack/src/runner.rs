@@ -18,6 +18,9 @@ pub struct RunnerOptions {
     pub prefix: String,
     /// Webhook retry delays are multiplied by this (1.0 = Klarna's real schedule).
     pub time_scale: f64,
+    /// Runs the reconciler on this timer, as the template's schedule does in AWS; `None` runs
+    /// it only on demand (the walk-through and the tests, which need to know when it ran).
+    pub reconcile_every: Option<Duration>,
 }
 
 pub struct Running {
@@ -29,6 +32,7 @@ pub struct Running {
     pub partner_dlq_url: String,
     server: tokio::task::JoinHandle<()>,
     pumps: tokio::task::JoinHandle<()>,
+    reconciles: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Running {
@@ -38,6 +42,9 @@ impl Running {
 
     pub async fn stop(self) {
         self.pumps.abort();
+        if let Some(r) = self.reconciles {
+            r.abort();
+        }
         self.server.abort();
         self.sim.shutdown().await;
     }
@@ -198,7 +205,19 @@ pub async fn start(sdk: aws_config::SdkConfig, o: RunnerOptions) -> Result<Runni
     .await
     .map_err(|e| e.to_string())?;
     let pumps = stack.spawn_pumps(Duration::from_millis(50));
+    let reconciles = o.reconcile_every.map(|every| {
+        let stack = stack.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                if let Err(e) = stack.reconcile(chrono::Utc::now()).await {
+                    tracing::error!(error = %e, "reconciler run failed");
+                }
+            }
+        })
+    });
     Ok(Running {
+        reconciles,
         sim,
         stack,
         api_addr,

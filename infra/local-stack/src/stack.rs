@@ -115,6 +115,9 @@ pub struct LocalStack {
     pub stream_pumps: Vec<StreamPump>,
     /// The webhook function's live keys: tests rotate them here.
     pub signing_keys: Arc<RwLock<SigningKeys>>,
+    /// The reconciler, which the template runs on a schedule: the runner runs it on its own
+    /// timer, tests and operators on demand ([`LocalStack::reconcile`]).
+    pub reconciler: Arc<reconciler::Deps>,
 }
 
 impl LocalStack {
@@ -291,7 +294,29 @@ impl LocalStack {
                 handler,
             ));
         }
+        let mut reconciler_deps = None;
+        for s in &template.schedules {
+            match s.function.as_str() {
+                "ReconcilerFunction" => {
+                    reconciler_deps = Some(Arc::new(
+                        reconciler::Deps::new(
+                            reconciler::Config {
+                                store: store_config.clone(),
+                                klarna: klarna_config.clone(),
+                            },
+                            &sdk,
+                        )
+                        .await
+                        .map_err(config_error)?,
+                    ));
+                }
+                other => return Err(StackError::Config(format!("no local handler for {other}"))),
+            }
+        }
+        let reconciler = reconciler_deps
+            .ok_or_else(|| StackError::Config("the template schedules no reconciler".into()))?;
         Ok(Self {
+            reconciler,
             template,
             resources,
             sdk,
@@ -304,6 +329,15 @@ impl LocalStack {
             stream_pumps,
             signing_keys,
         })
+    }
+
+    /// One reconciler run at `now` (the scheduled rule's work, on demand; tests pass a clock
+    /// ahead of the wall clock to reach deadlines).
+    pub async fn reconcile(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<reconciler::Report, reconciler::ReconcileError> {
+        reconciler::run(&self.reconciler, reconciler::DEFAULT_LIMIT, None, now).await
     }
 
     /// One round of every event source mapping; returns the events delivered.

@@ -20,6 +20,16 @@ pub struct TableDef {
     pub key_schema: Vec<(String, String)>,
     pub stream_view_type: Option<String>,
     pub ttl_attribute: Option<String>,
+    pub indexes: Vec<IndexDef>,
+}
+
+/// A global secondary index of the table.
+#[derive(Clone, Debug)]
+pub struct IndexDef {
+    pub name: String,
+    pub key_schema: Vec<(String, String)>,
+    pub projection_type: String,
+    pub non_key_attributes: Vec<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -59,10 +69,20 @@ pub struct RouteDef {
     pub authorized: bool,
 }
 
+/// A function the template runs on a schedule (an EventBridge rule).
+#[derive(Clone, Debug)]
+pub struct ScheduleDef {
+    pub function: String,
+    /// The rule's expression as written (`rate(...)`, possibly with `${...}` parameters).
+    pub expression: String,
+    pub input: Option<String>,
+}
+
 #[derive(Clone, Debug)]
 pub struct Template {
     pub table: TableDef,
     pub queues: Vec<QueueDef>,
+    pub schedules: Vec<ScheduleDef>,
     pub sqs_mappings: Vec<SqsMapping>,
     pub stream_mappings: Vec<StreamMapping>,
     pub routes: Vec<RouteDef>,
@@ -122,6 +142,7 @@ impl Template {
             .ok_or_else(|| shape("no Resources"))?;
         let mut table = None;
         let mut queues = Vec::new();
+        let mut schedules = Vec::new();
         let mut sqs_mappings = Vec::new();
         let mut stream_mappings = Vec::new();
         let mut routes = Vec::new();
@@ -161,7 +182,13 @@ impl Template {
                             })
                             .unwrap_or_default()
                     };
+                    let indexes = props
+                        .get("GlobalSecondaryIndexes")
+                        .and_then(Value::as_sequence)
+                        .map(|s| s.iter().filter_map(index_def).collect())
+                        .unwrap_or_default();
                     table = Some(TableDef {
+                        indexes,
                         logical_id: id.clone(),
                         attributes: pairs("AttributeDefinitions", "AttributeName", "AttributeType"),
                         key_schema: pairs("KeySchema", "AttributeName", "KeyType"),
@@ -285,6 +312,31 @@ impl Template {
                                     report_batch_item_failures: response_types(&p),
                                 });
                             }
+                            Some("Schedule" | "ScheduleV2") => {
+                                let expression = p
+                                    .get("Schedule")
+                                    .or_else(|| p.get("ScheduleExpression"))
+                                    .and_then(|v| {
+                                        v.as_str().map(str::to_owned).or_else(|| {
+                                            // `!Sub "..."` parses as a tagged string.
+                                            match v {
+                                                Value::Tagged(t) => {
+                                                    t.value.as_str().map(str::to_owned)
+                                                }
+                                                _ => None,
+                                            }
+                                        })
+                                    })
+                                    .ok_or_else(|| shape("Schedule event without Schedule"))?;
+                                schedules.push(ScheduleDef {
+                                    function: id.clone(),
+                                    expression,
+                                    input: p
+                                        .get("Input")
+                                        .and_then(Value::as_str)
+                                        .map(str::to_owned),
+                                });
+                            }
                             _ => {}
                         }
                     }
@@ -295,6 +347,7 @@ impl Template {
         Ok(Template {
             table: table.ok_or_else(|| shape("no AWS::DynamoDB::Table"))?,
             queues,
+            schedules,
             sqs_mappings,
             stream_mappings,
             routes,
@@ -326,6 +379,40 @@ pub fn matches_pattern(pattern: &serde_json::Value, event: &serde_json::Value) -
         }),
         other => other == event,
     }
+}
+
+/// One entry of `GlobalSecondaryIndexes`.
+fn index_def(v: &Value) -> Option<IndexDef> {
+    let key_schema = v
+        .get("KeySchema")?
+        .as_sequence()?
+        .iter()
+        .filter_map(|k| {
+            Some((
+                k.get("AttributeName")?.as_str()?.to_owned(),
+                k.get("KeyType")?.as_str()?.to_owned(),
+            ))
+        })
+        .collect();
+    let projection = v.get("Projection");
+    Some(IndexDef {
+        name: v.get("IndexName")?.as_str()?.to_owned(),
+        key_schema,
+        projection_type: projection
+            .and_then(|p| p.get("ProjectionType"))
+            .and_then(Value::as_str)
+            .unwrap_or("ALL")
+            .to_owned(),
+        non_key_attributes: projection
+            .and_then(|p| p.get("NonKeyAttributes"))
+            .and_then(Value::as_sequence)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default(),
+    })
 }
 
 #[cfg(test)]

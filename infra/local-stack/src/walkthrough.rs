@@ -831,6 +831,72 @@ async fn misbehaving_world(c: &mut Ctx<'_>) -> StepResult {
     )
 }
 
+/// Webhooks lost for good (a webhook deleted at Klarna, a broken key rotation): the customer
+/// completes, nothing tells the backend, and the reconciler finishes the payment by asking Klarna.
+async fn lost_webhooks(c: &mut Ctx<'_>) -> StepResult {
+    // Every event from now until the rescue never leaves Klarna.
+    c.run
+        .sim
+        .inject_webhook(WebhookFault::Lose { count: u32::MAX });
+    let t = Instant::now();
+    let (status, v) = c
+        .partner(
+            "POST",
+            "/v1/payments",
+            Some("walk-r-1"),
+            Some(one_time(3100, "order-r1")),
+        )
+        .await;
+    let payment_id = v["payment_id"].as_str().unwrap_or_default().to_owned();
+    let pr = v["step_up"]["payment_request_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let url = v["step_up"]["payment_request_url"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let _ = c.http.get(&url).send().await;
+    let completed = c
+        .sim_post(&format!("/_sim/payment-requests/{pr}/complete"), &[])
+        .await;
+    c.line(&format!(
+        "customer completes ({completed}); Klarna's webhooks are lost"
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, still) = c.get_quiet(&format!("/v1/payments/{payment_id}")).await;
+    c.check(
+        "Lost webhooks: the backend never hears of the completion",
+        status == 202 && still["state"] == "STEP_UP_PENDING",
+        still["state"].as_str().unwrap_or("?"),
+        t,
+    )?;
+    c.run.sim.clear_webhook_faults();
+    let t = Instant::now();
+    // The schedule runs it every few minutes; a step-up is read after 15 quiet ones.
+    let at = chrono::Utc::now() + chrono::Duration::minutes(16);
+    let run = c.run.stack.reconcile(at).await.map_err(|e| e.to_string())?;
+    c.line(&format!(
+        "reconciler run (clock +16 min): {} due, {} moved",
+        run.due,
+        run.total(reconciler::Step::Moved)
+    ));
+    let done = c.wait_state(&payment_id, "AUTHORIZED").await;
+    c.klarna_activity();
+    c.check(
+        "Lost webhooks: the reconciler reads Klarna, the final authorize runs",
+        done["state"] == "AUTHORIZED",
+        done["state"].as_str().unwrap_or("?"),
+        t,
+    )?;
+    c.step_notifications(
+        "Lost webhooks: partner is notified",
+        &["payment.step_up_required", "payment.authorized"],
+    )
+    .await
+    .map(|_| ())
+}
+
 /// Plays every scenario; prints as it goes; returns what it saw.
 pub async fn run(running: &Running, style: Style) -> Report {
     let mut c = Ctx {
@@ -889,6 +955,11 @@ pub async fn run(running: &Running, style: Style) -> Report {
     let _ = money(&mut c).await;
     println!("\n{}", style.bold("7. A misbehaving world"));
     let _ = misbehaving_world(&mut c).await;
+    println!(
+        "\n{}",
+        style.bold("8. Lost webhooks: the reconciler finishes the payment")
+    );
+    let _ = lost_webhooks(&mut c).await;
     summary(&mut c).await;
     c.report
 }

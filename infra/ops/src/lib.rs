@@ -16,6 +16,7 @@ pub mod dlq;
 pub mod keystore;
 pub mod klarna;
 pub mod partner;
+pub mod payments;
 
 use args::Args;
 use serde_json::Value;
@@ -250,6 +251,10 @@ DEAD-LETTER QUEUES
   dlq list    [--queue-url URL ...] [--name-prefix P] [--max N]
   dlq redrive --from URL --to URL [--max N]
 
+PAYMENTS (the reconciler)
+  payments waiting   [--partner ID] [--state STATE] [--limit N]
+  payments reconcile [--limit N]
+
 GLOBAL OPTIONS
   --json             machine-readable output on stdout (progress goes to stderr)
   --table NAME       the DynamoDB table (default: env TABLE_NAME)
@@ -278,8 +283,9 @@ pub async fn run<S: AsRef<str>>(argv: &[S], ctx: &Ctx) -> Result<Report, OpsErro
         ["partner", rest @ ..] => partner::dispatch(rest, &args, ctx).await,
         ["klarna", rest @ ..] => klarna::dispatch(rest, &args, ctx).await,
         ["dlq", rest @ ..] => dlq::dispatch(rest, &args, ctx).await,
+        ["payments", rest @ ..] => payments::dispatch(rest, &args, ctx).await,
         [other, ..] => Err(OpsError::Usage(format!(
-            "unknown command {other:?}; commands: partner, klarna, dlq"
+            "unknown command {other:?}; commands: partner, klarna, dlq, payments"
         ))),
     }
 }

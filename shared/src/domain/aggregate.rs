@@ -4,6 +4,7 @@
 //! The repository commits a [`Change`] with its effects in one transaction (rules R2, R3).
 
 use super::payment::{PaymentKind, PaymentState, StepUpEvent};
+use super::reconcile;
 use super::token::Scope;
 use crate::ids::{CustomerToken, NetworkSessionToken, PaymentRequestId};
 use crate::klarna::webhook::PaymentRequestChange;
@@ -77,6 +78,15 @@ pub enum Input<'a> {
         amount: Option<i64>,
         request: Box<AuthorizeRequest>,
     },
+    /// A reconciler run takes the payment until `until_ms`, so overlapping runs act once.
+    ClaimReconcile { until_ms: i64 },
+    /// The run is done with the payment: give it back, and if nothing changed, look again later
+    /// (backing off, never past a deadline still ahead).
+    Reconciled { changed: bool },
+    /// PENDING past Klarna's replay window: the outcome can no longer be learned safely.
+    AbandonAuthorize,
+    /// STEP_UP_COMPLETED without its final authorize (the job is presumed lost): send it again.
+    RequeueFinalize,
 }
 
 impl Input<'_> {
@@ -96,6 +106,10 @@ impl Input<'_> {
             Input::ReleaseFinalize => "finalize lease release",
             Input::CancelStepUp => "cancel",
             Input::UpdateStepUp { .. } => "update",
+            Input::ClaimReconcile { .. } => "reconcile claim",
+            Input::Reconciled { .. } => "reconcile release",
+            Input::AbandonAuthorize => "abandon authorize",
+            Input::RequeueFinalize => "requeue finalize",
         }
     }
 }
@@ -124,6 +138,8 @@ pub struct Effects {
     pub link_payment_request: Option<PaymentRequestId>,
     /// Schedule the final authorize.
     pub finalize_job: bool,
+    /// Send the final authorize's job again (the reconciler's nth time, which names the job).
+    pub requeue_finalize: Option<u32>,
     /// Klarna says the charged token is revoked: revoke it here too (once) and tell the partner.
     pub revoke_charged_token: bool,
     /// Keep these Klarna secrets with the payment (the repository seals them).
@@ -167,7 +183,7 @@ pub enum Unchanged {
     Informational,
     /// Klarna could not be reached: the payment waits for the retry.
     KlarnaUnavailable,
-    /// Another container holds the finalize lease.
+    /// Another container holds the finalize lease (or another reconciler run the payment).
     Leased,
 }
 
@@ -271,6 +287,65 @@ pub fn apply(
             Input::UpdateStepUp { .. },
             Pending | StepUpCompleted | Authorized | Declined | Expired | Canceled | Failed,
         ) => Err(illegal(&input)),
+
+        (Input::ClaimReconcile { until_ms }, _) => {
+            if reconcile::due_at(payment).is_none() {
+                return Ok(Decision::Unchanged(Unchanged::Final));
+            }
+            if payment
+                .reconcile_lease_until_ms
+                .is_some_and(|t| t > now.timestamp_millis())
+            {
+                return Ok(Decision::Unchanged(Unchanged::Leased));
+            }
+            let mut next = successor(payment, now);
+            next.reconcile_lease_until_ms = Some(*until_ms);
+            Ok(change(payment, next, Effects::default()))
+        }
+        (Input::Reconciled { changed }, _) => {
+            if payment.reconcile_lease_until_ms.is_none() && *changed {
+                // The state moved (which gives the payment back): nothing to release.
+                return Ok(Decision::Unchanged(Unchanged::AlreadyDone));
+            }
+            let mut next = successor(payment, now);
+            next.reconcile_lease_until_ms = None;
+            if *changed {
+                next.reconcile_attempts = 0;
+                next.reconcile_after = None;
+            } else {
+                next.reconcile_after = Some(reconcile::next_check(
+                    payment,
+                    payment.reconcile_attempts,
+                    now,
+                ));
+                next.reconcile_attempts = payment.reconcile_attempts.saturating_add(1);
+            }
+            Ok(change(payment, next, Effects::default()))
+        }
+
+        (Input::AbandonAuthorize, Pending) => {
+            Ok(to(payment, Failed, Some("AUTHORIZE_OUTCOME_UNKNOWN"), now))
+        }
+        (Input::AbandonAuthorize, _) => Err(illegal(&input)),
+
+        (Input::RequeueFinalize, StepUpCompleted) => {
+            let mut next = successor(payment, now);
+            let nth = payment.reconcile_attempts.saturating_add(1);
+            next.reconcile_attempts = nth;
+            // The new job's own lease applies; an expired finalize lease is of no use to it.
+            next.finalize_lease_until_ms = None;
+            next.reconcile_lease_until_ms = None;
+            next.reconcile_after = Some(reconcile::next_check(payment, nth, now));
+            Ok(change(
+                payment,
+                next,
+                Effects {
+                    requeue_finalize: Some(nth),
+                    ..Effects::default()
+                },
+            ))
+        }
+        (Input::RequeueFinalize, _) => Err(illegal(&input)),
     }
 }
 
@@ -282,7 +357,13 @@ fn successor(payment: &PaymentRecord, now: DateTime<Utc>) -> PaymentRecord {
     next
 }
 
-fn change(payment: &PaymentRecord, next: PaymentRecord, effects: Effects) -> Decision {
+fn change(payment: &PaymentRecord, mut next: PaymentRecord, effects: Effects) -> Decision {
+    if next.state != payment.state {
+        // A new state has its own schedule: the reconciler's hold and backoff end with the old.
+        next.reconcile_lease_until_ms = None;
+        next.reconcile_after = None;
+        next.reconcile_attempts = 0;
+    }
     Decision::Change(Box::new(Change {
         from: payment.state,
         next,

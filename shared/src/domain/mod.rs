@@ -4,6 +4,7 @@
 pub mod aggregate;
 pub mod money;
 pub mod payment;
+pub mod reconcile;
 pub mod token;
 
 pub use payment::{PaymentKind, PaymentState, StepUpEvent};

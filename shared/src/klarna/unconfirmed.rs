@@ -156,6 +156,12 @@ pub const REAUTHORIZATION_GRACE_DAYS: i64 = 7;
 /// Auto-capture value of `request_payment_transaction.capture`. Source: D/…/auto-capture; confidence: High.
 pub const CAPTURE_NOW: &str = "NOW";
 
+/// UNCONFIRMED: how long an authorization stays capturable when nothing Klarna sent said so
+/// (the authorize answer names the transaction, not its expiry). Chosen: 28 days, common
+/// practice; Klarna's material gives no number. Only the reconciler's schedule depends on it:
+/// it reads the transaction a day before this, and Klarna's own `expires_at` replaces it.
+pub const ASSUMED_AUTHORIZATION_VALIDITY_DAYS: i64 = 28;
+
 /// Transaction events. `captured` and `state-change.authorized` are seen in Klarna's pages; the
 /// other state changes are INFERRED from the pattern, and the funding event's name was not
 /// captured at all: chosen `payment.transaction.funding.state-change.<state>` after the same

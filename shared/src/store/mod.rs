@@ -223,6 +223,43 @@ impl Store {
         conditional(result, |s| s.is_conditional_check_failed_exception())
     }
 
+    /// Items of a secondary index with partition `pk` and sort key at most `upto`, in sort
+    /// order, at most `limit` (following pages until then).
+    pub async fn query_index_upto(
+        &self,
+        index: &str,
+        pk: (&str, &str),
+        upto: (&str, i64),
+        limit: usize,
+    ) -> Result<Vec<Item>, StoreError> {
+        let mut out = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let page = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(index)
+                .key_condition_expression("#p = :p AND #s <= :s")
+                .expression_attribute_names("#p", pk.0)
+                .expression_attribute_names("#s", upto.0)
+                .expression_attribute_values(":p", AttributeValue::S(pk.1.to_owned()))
+                .expression_attribute_values(":s", AttributeValue::N(upto.1.to_string()))
+                .limit(i32::try_from(limit.min(1000)).unwrap_or(1000))
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| sdk_error(&e))?;
+            out.extend(page.items.unwrap_or_default());
+            match page.last_evaluated_key {
+                Some(k) if out.len() < limit && !k.is_empty() => start = Some(k),
+                _ => break,
+            }
+        }
+        out.truncate(limit);
+        Ok(out)
+    }
+
     /// Starts a transaction.
     pub fn tx(&self) -> Tx<'_> {
         Tx {

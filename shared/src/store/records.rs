@@ -84,6 +84,21 @@ pub struct PaymentRecord {
     pub reason: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// A reconciler run holds the payment until then (epoch ms), so overlapping runs act once.
+    #[serde(default)]
+    pub reconcile_lease_until_ms: Option<i64>,
+    /// After a check that changed nothing: look again no sooner than this.
+    #[serde(default)]
+    pub reconcile_after: Option<DateTime<Utc>>,
+    /// Checks that changed nothing since the state last moved (the backoff's exponent).
+    #[serde(default)]
+    pub reconcile_attempts: u32,
+    /// The sparse `due` index, written by the repository from `reconcile::due_at` on every
+    /// write: absent (not null) on payments nothing can leave waiting, so they are not indexed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub due_shard: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub due_at_ms: Option<i64>,
 }
 
 impl std::fmt::Debug for PaymentRecord {
@@ -96,6 +111,19 @@ impl std::fmt::Debug for PaymentRecord {
             .field("version", &self.version)
             .finish_non_exhaustive()
     }
+}
+
+/// What the `due` index projects: where the payment is, when it is due, its state and age.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct DuePayment {
+    pub pk: String,
+    pub sk: String,
+    pub partner_id: PartnerId,
+    pub payment_id: PaymentId,
+    pub state: PaymentState,
+    pub kind: PaymentKind,
+    pub created_at: DateTime<Utc>,
+    pub due_at_ms: i64,
 }
 
 /// A backend token and the Klarna customer token behind it (sealed).

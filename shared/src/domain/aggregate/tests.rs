@@ -46,6 +46,11 @@ fn payment(state: PaymentState, kind: PaymentKind) -> PaymentRecord {
         session_token_received_at: None,
         completed_customer_token_sealed: None,
         finalize_lease_until_ms: None,
+        reconcile_lease_until_ms: None,
+        reconcile_after: None,
+        reconcile_attempts: 0,
+        due_shard: None,
+        due_at_ms: None,
         klarna_transaction_id: None,
         transaction: None,
         reason: None,
@@ -601,4 +606,105 @@ fn an_update_replaces_the_request_the_final_authorize_sends() {
     };
     assert_eq!(c.next.amount, Some(4200));
     assert!(c.effects.replace_request.is_some());
+}
+
+#[test]
+fn the_reconciler_claims_a_payment_once_and_gives_it_back_with_a_backoff() {
+    let p = payment(StepUpPending, PaymentKind::OneTime);
+    let until = (now() + Duration::minutes(2)).timestamp_millis();
+    let Ok(Decision::Change(c)) = apply(&p, Input::ClaimReconcile { until_ms: until }, now())
+    else {
+        panic!("a due payment is claimed")
+    };
+    let held = c.next;
+    assert_eq!(held.reconcile_lease_until_ms, Some(until));
+    // A second run finds it held.
+    assert!(matches!(
+        apply(&held, Input::ClaimReconcile { until_ms: until }, now()),
+        Ok(Decision::Unchanged(Unchanged::Leased))
+    ));
+    // Nothing changed: given back, looked at again a minute later, then two.
+    let Ok(Decision::Change(c)) = apply(&held, Input::Reconciled { changed: false }, now()) else {
+        panic!("released")
+    };
+    assert_eq!(c.next.reconcile_lease_until_ms, None);
+    assert_eq!(c.next.reconcile_after, Some(now() + Duration::minutes(1)));
+    assert_eq!(c.next.reconcile_attempts, 1);
+    let Ok(Decision::Change(c2)) = apply(&c.next, Input::Reconciled { changed: false }, now())
+    else {
+        panic!("released")
+    };
+    assert_eq!(c2.next.reconcile_after, Some(now() + Duration::minutes(2)));
+    // A final payment is never claimed.
+    assert!(matches!(
+        apply(
+            &payment(Declined, PaymentKind::OneTime),
+            Input::ClaimReconcile { until_ms: until },
+            now()
+        ),
+        Ok(Decision::Unchanged(Unchanged::Final))
+    ));
+}
+
+#[test]
+fn a_state_move_ends_the_reconcilers_hold_and_backoff() {
+    let mut p = payment(StepUpPending, PaymentKind::OneTime);
+    p.reconcile_lease_until_ms = Some((now() + Duration::minutes(2)).timestamp_millis());
+    p.reconcile_after = Some(now() + Duration::minutes(8));
+    p.reconcile_attempts = 3;
+    let Ok(Decision::Change(c)) = apply(&p, Input::CancelStepUp, now()) else {
+        panic!("cancel moves")
+    };
+    assert_eq!(c.next.state, Canceled);
+    assert_eq!(
+        (
+            c.next.reconcile_lease_until_ms,
+            c.next.reconcile_after,
+            c.next.reconcile_attempts
+        ),
+        (None, None, 0)
+    );
+}
+
+#[test]
+fn abandoning_is_only_for_pending_and_a_requeued_job_is_numbered() {
+    let Ok(Decision::Change(c)) = apply(
+        &payment(Pending, PaymentKind::OneTime),
+        Input::AbandonAuthorize,
+        now(),
+    ) else {
+        panic!("pending is abandoned")
+    };
+    assert_eq!(
+        (c.next.state, c.next.reason.as_deref()),
+        (Failed, Some("AUTHORIZE_OUTCOME_UNKNOWN"))
+    );
+    for s in [StepUpPending, StepUpCompleted, Authorized, Failed] {
+        assert!(
+            apply(
+                &payment(s, PaymentKind::OneTime),
+                Input::AbandonAuthorize,
+                now()
+            )
+            .is_err(),
+            "{s}"
+        );
+    }
+    let mut p = payment(StepUpCompleted, PaymentKind::OneTime);
+    p.session_token_received_at = Some(now() - Duration::minutes(5));
+    let Ok(Decision::Change(c)) = apply(&p, Input::RequeueFinalize, now()) else {
+        panic!("requeued")
+    };
+    assert_eq!(c.effects.requeue_finalize, Some(1));
+    assert!(!c.effects.finalize_job);
+    let Ok(Decision::Change(c2)) = apply(&c.next, Input::RequeueFinalize, now()) else {
+        panic!("requeued again")
+    };
+    assert_eq!(c2.effects.requeue_finalize, Some(2), "each job its own id");
+    assert!(apply(
+        &payment(StepUpPending, PaymentKind::OneTime),
+        Input::RequeueFinalize,
+        now()
+    )
+    .is_err());
 }
