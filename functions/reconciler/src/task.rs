@@ -32,13 +32,16 @@ pub(crate) async fn act(
             .await
         }
         Task::ExpireSession => {
+            if finalize_running(p, now) {
+                // A job that started inside the hour may be calling Klarna right now: its answer
+                // (or Klarna's refusal of the lapsed token) decides, not our clock.
+                return Ok(false);
+            }
             let input = || Input::FinalizeBlocked(FinalizeBlock::SessionTokenExpired);
             decide(deps, p, |p| Ok(apply(p, input(), now)?), now).await
         }
         Task::RequeueFinalize => {
-            if p.finalize_lease_until_ms
-                .is_some_and(|t| t > now.timestamp_millis())
-            {
+            if finalize_running(p, now) {
                 // A finalize job is running right now: it is not lost.
                 return Ok(false);
             }
@@ -49,6 +52,12 @@ pub(crate) async fn act(
         Task::ReadTransaction => read_transaction(deps, p, now).await,
         Task::SettleOperations => settle_operations(deps, p, now).await,
     }
+}
+
+/// Whether a finalize job holds the payment now (its lease is live).
+fn finalize_running(p: &PaymentRecord, now: DateTime<Utc>) -> bool {
+    p.finalize_lease_until_ms
+        .is_some_and(|t| t > now.timestamp_millis())
 }
 
 async fn decide(
