@@ -615,3 +615,46 @@ async fn money_left_pending_and_an_unannounced_expiry_are_finished_by_the_reconc
     assert_eq!(types, ["payment.captured", "payment.authorization_expired"]);
     assert_eq!(get(&w, &p, &id).await["transaction"]["state"], "EXPIRED");
 }
+
+#[tokio::test]
+async fn klarnas_rate_limit_stops_the_run_and_the_next_run_finishes_the_rest() {
+    let w = World::new("recon-429").await;
+    let p = w.partner("shop", &["*"]).await;
+    lose_all_webhooks(&w);
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        let (id, pr) = start_payment(&w, &p, &format!("rl-{i}"), "c@example.com").await;
+        w.sim.complete(&pr, Some("c@example.com")).unwrap();
+        ids.push(id);
+    }
+    // Klarna answers 429 to every read, through the client's own retries.
+    w.sim.inject(klarna_sim::Fault {
+        route: Route::ReadPaymentRequest,
+        kind: klarna_sim::FaultKind::RateLimited429,
+        count: 1000,
+    });
+    let at = Utc::now() + Duration::minutes(16);
+    let run = w.stack.reconcile(at).await.unwrap();
+    assert!(run.rate_limited, "{run:?}");
+    assert!(
+        run.deferred >= 10 - reconciler::CONCURRENCY,
+        "after the first 429s the run stops asking Klarna: {run:?}"
+    );
+    let asked = w.sim.count(Route::ReadPaymentRequest);
+    assert!(
+        asked <= reconciler::CONCURRENCY * 3,
+        "at most the payments already started were asked ({asked} reads)"
+    );
+    // Klarna recovers; the next run (after the failed ones' backoff) finishes every payment.
+    w.sim.clear_faults();
+    let run = w
+        .stack
+        .reconcile(at + Duration::minutes(5))
+        .await
+        .unwrap();
+    assert_eq!(run.total(reconciler::Step::Moved), 10, "{run:?}");
+    w.settle().await;
+    for id in &ids {
+        assert_eq!(get(&w, &p, id).await["state"], "AUTHORIZED", "{id}");
+    }
+}

@@ -107,10 +107,14 @@ fn transaction_clock(p: &PaymentRecord) -> Option<DateTime<Utc>> {
 
 /// When the payment needs the reconciler if nothing else moves it, by its state alone.
 fn natural_due(p: &PaymentRecord) -> Option<DateTime<Utc>> {
+    // Measured from what happened to the payment, never from `updated_at`: the reconciler's own
+    // bookkeeping writes move that, and must not postpone the next look.
     match p.state {
-        PaymentState::Pending => Some(p.updated_at + PENDING_LEASE),
+        PaymentState::Pending => Some(p.created_at + PENDING_LEASE),
         PaymentState::StepUpPending => {
-            let quiet = p.updated_at + STEP_UP_QUIET;
+            // Quiet: no word from Klarna since the step-up began (or since its last event).
+            let last_word = p.payment_request_event_at.unwrap_or(p.created_at).max(p.created_at);
+            let quiet = last_word + STEP_UP_QUIET;
             Some(p.step_up_expires_at.map_or(quiet, |e| e.min(quiet)))
         }
         PaymentState::StepUpCompleted => {
@@ -306,6 +310,19 @@ mod tests {
         let mut p = payment(PaymentState::Authorized);
         p.transaction = Some(Box::new(Transaction::authorized(100)));
         assert_eq!(due_at(&p), Some(at(0) + Duration::days(27)));
+    }
+
+    #[test]
+    fn the_reconcilers_own_writes_never_postpone_the_next_look() {
+        let mut p = payment(PaymentState::StepUpPending);
+        // A check at minute 16 that found the journey still open: looked at again a minute later,
+        // although the write stamped `updated_at`.
+        p.updated_at = at(16);
+        p.reconcile_after = Some(next_check(&p, 0, at(16)));
+        assert_eq!(due_at(&p), Some(at(17)));
+        let mut q = payment(PaymentState::Pending);
+        q.updated_at = at(30);
+        assert_eq!(due_at(&q), Some(at(2)));
     }
 
     #[test]
