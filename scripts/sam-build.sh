@@ -19,8 +19,10 @@ STAMP="$STAMP_DIR/sam-build.stamp"
 REPORT="$STAMP_DIR/sam-build-report.txt"
 
 inputs_hash() {
-  # Tracked content only (a clone's path never matters).
-  git ls-files -s template.yaml Cargo.lock Cargo.toml functions shared | sha256sum | cut -d' ' -f1
+  # The content of the tracked inputs as they are on disk, by relative path (a clone's location
+  # never matters; an uncommitted edit does).
+  git ls-files -z template.yaml Cargo.lock Cargo.toml functions shared \
+    | xargs -0 sha256sum | sha256sum | cut -d' ' -f1
 }
 
 hash="$(inputs_hash)"

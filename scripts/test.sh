@@ -27,6 +27,8 @@ say "lint: IAM as SAM expands the template (scripts/check_expanded_iam.py)"
 "$TOOLS_VENV/bin/python" scripts/check_expanded_iam.py template.yaml
 say "lint: clippy (warnings are errors)"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+say "build: the function binaries (binary mode, tests/tests/binaries.rs)"
+cargo build --quiet -p partner-auth -p partner-api -p klarna-webhook -p step-up-completion -p partner-fanout -p token-lifecycle -p reconciler --bins
 say "tests (build cache: $CARGO_TARGET_DIR)"
 cargo test --workspace --quiet 2>&1 | tee "$STATE_DIR/test.log"
 # What deploys: `sam build` for arm64, its zip sizes and the aws-lc proof, whenever the inputs

@@ -12,7 +12,10 @@ pub use aws_config::SdkConfig;
 /// What building a function's dependencies gives: them, or why the container cannot start.
 pub type Wired<T> = Result<T, BootstrapError>;
 
-/// How long a secret fetched from Secrets Manager is trusted before it is read again.
+/// How long a secret fetched from Secrets Manager is trusted before it is read again. The data
+/// key, the Klarna API key and the mTLS identity are read once, when a container starts, so for
+/// them it never ends; secrets re-read at run time have their own TTL, which
+/// [`crate::config::SECRETS_TTL_VAR`] overrides.
 pub const SECRET_TTL: Duration = Duration::from_secs(300);
 
 #[derive(Debug, thiserror::Error)]

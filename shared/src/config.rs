@@ -38,6 +38,27 @@ pub fn parse_or<T: std::str::FromStr>(name: &str, default: T) -> Result<T, Confi
     }
 }
 
+/// How long a secret read through the extension is trusted before it is read again, for every
+/// secret a function re-reads while its container lives (today the webhook signing keys).
+/// Unset, each keeps its own default.
+pub const SECRETS_TTL_VAR: &str = "SECRETS_TTL_SECONDS";
+
+/// `SECRETS_TTL_SECONDS` (seconds, fractions allowed), or `default`.
+pub fn secrets_ttl(default: Duration) -> Result<Duration, ConfigError> {
+    match optional(SECRETS_TTL_VAR) {
+        None => Ok(default),
+        Some(v) => parse_seconds(&v).ok_or_else(|| ConfigError::Invalid {
+            name: SECRETS_TTL_VAR.to_owned(),
+            reason: format!("{v:?} is not a number of seconds"),
+        }),
+    }
+}
+
+/// A non-negative number of seconds, fractions allowed.
+fn parse_seconds(v: &str) -> Option<Duration> {
+    Duration::try_from_secs_f64(v.trim().parse::<f64>().ok()?).ok()
+}
+
 /// Where a secret comes from.
 #[derive(Clone, Debug)]
 pub enum SecretSource {
@@ -122,4 +143,19 @@ async fn fetch_from_extension(id: &str) -> Result<SecretString, ConfigError> {
         .await
         .map_err(|e| err(e.without_url().to_string()))?;
     Ok(SecretString::new(a.secret_string))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttl_seconds_parse_with_fractions_and_refuse_nonsense() {
+        assert_eq!(parse_seconds("300"), Some(Duration::from_secs(300)));
+        assert_eq!(parse_seconds(" 1.5 "), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_seconds("0"), Some(Duration::ZERO));
+        for bad in ["", "-1", "NaN", "inf", "5m"] {
+            assert_eq!(parse_seconds(bad), None, "{bad:?}");
+        }
+    }
 }

@@ -138,10 +138,12 @@ impl World {
             .unwrap()
             .status();
         assert!(status.is_success(), "webhook registration: {status}");
-        *stack.signing_keys.write().await = SigningKeys::new([(
-            SigningKeyId::new(&signing_key_id),
-            SecretString::new(&signing_secret),
-        )]);
+        stack
+            .set_signing_keys(SigningKeys::new([(
+                SigningKeyId::new(&signing_key_id),
+                SecretString::new(&signing_secret),
+            )]))
+            .await;
         World {
             sim,
             stack,

@@ -112,6 +112,7 @@ async fn every_sample_event_is_answered_by_its_function() {
         klarna_webhook::Config {
             store: store_config.clone(),
             keys: klarna_webhook::KeySource::Secret(SecretSource::Value(SecretString::new("{}"))),
+            signing_keys_ttl: klarna_webhook::SIGNING_KEYS_TTL,
             replay_window: chrono::Duration::hours(72),
         },
         sdk,

@@ -214,7 +214,11 @@ fn the_secrets_extension_layer_comes_from_each_regions_own_publisher() {
         );
         accounts.insert(account.to_owned());
     }
-    assert_eq!(accounts.len(), map.len(), "each region has its own publisher");
+    assert_eq!(
+        accounts.len(),
+        map.len(),
+        "each region has its own publisher"
+    );
     assert_eq!(map[&Value::from("us-east-1")]["Account"], "177933569100");
     // Every function's layer is built from the mapping (or an explicit override), for the region
     // it deploys to, and for the architecture it is built for.

@@ -128,8 +128,10 @@ async fn authorizes_step_ups_refused_webhooks_and_notification_lag_are_measured(
     // job, each with a lag from its outbox write.
     let notifications = m.values("NotificationLag", &[("Kind", "notification")]);
     assert!(notifications.len() >= 3, "{notifications:?}");
+    // At least once: a stream batch retried after a fault of the local server sends (and counts)
+    // its records again, which the queue's deduplication id makes harmless.
     let jobs = m.values("NotificationLag", &[("Kind", "finalize_job")]);
-    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    assert!(!jobs.is_empty(), "{jobs:?}");
     assert!(
         notifications.iter().chain(&jobs).all(|ms| *ms >= 0.0),
         "{notifications:?} {jobs:?}"

@@ -852,6 +852,7 @@ async fn deployed_webhook_function(w: &World) -> klarna_webhook::Deps {
             keys: klarna_webhook::KeySource::Secret(shared::config::SecretSource::SecretsManager(
                 SIGNING_KEYS_SECRET_ID.into(),
             )),
+            signing_keys_ttl: klarna_webhook::SIGNING_KEYS_TTL,
             replay_window: chrono::Duration::hours(72),
         },
         &w.stack.sdk,
@@ -1060,6 +1061,7 @@ async fn payments_waiting_lists_unfinished_payments_and_reconcile_finishes_them(
         .await
         .unwrap()
         .unwrap();
+    p.created_at -= chrono::Duration::minutes(20);
     p.updated_at -= chrono::Duration::minutes(20);
     p.due_at_ms = Some((chrono::Utc::now() - chrono::Duration::minutes(5)).timestamp_millis());
     repo.store().put(&p).await.unwrap();

@@ -647,11 +647,7 @@ async fn klarnas_rate_limit_stops_the_run_and_the_next_run_finishes_the_rest() {
     );
     // Klarna recovers; the next run (after the failed ones' backoff) finishes every payment.
     w.sim.clear_faults();
-    let run = w
-        .stack
-        .reconcile(at + Duration::minutes(5))
-        .await
-        .unwrap();
+    let run = w.stack.reconcile(at + Duration::minutes(5)).await.unwrap();
     assert_eq!(run.total(reconciler::Step::Moved), 10, "{run:?}");
     w.settle().await;
     for id in &ids {

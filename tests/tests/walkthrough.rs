@@ -17,6 +17,7 @@ async fn the_walkthrough_passes_every_step() {
             prefix,
             time_scale: 0.001,
             reconcile_every: None,
+            binaries: None,
         },
     )
     .await

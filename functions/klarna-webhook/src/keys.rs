@@ -8,15 +8,16 @@ use shared::klarna::SigningKeys;
 use std::sync::Arc;
 use tokio::sync::RwLock;
 
-/// How long signing keys read from Secrets Manager are trusted before they are read again: a
-/// rotation takes effect within this without a redeploy.
+/// How long signing keys read from Secrets Manager are trusted before they are read again, by
+/// default (`SECRETS_TTL_SECONDS` overrides it): a rotation takes effect within this (plus the
+/// extension's own cache, `SECRETS_MANAGER_TTL`) without a redeploy.
 pub const SIGNING_KEYS_TTL: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Where the signing keys come from (configuration).
 #[derive(Clone, Debug)]
 pub enum KeySource {
     /// Secrets Manager (or the environment): JSON `{"<key id>": "<secret>"}`, cached for
-    /// [`SIGNING_KEYS_TTL`].
+    /// `Config::signing_keys_ttl`.
     Secret(shared::config::SecretSource),
     /// Keys held in process and replaced in place (the local stack's operator and tests).
     Live(Arc<RwLock<SigningKeys>>),
@@ -37,9 +38,9 @@ impl KeyProvider {
         KeyProvider::Static(Arc::new(RwLock::new(keys)))
     }
 
-    pub fn from_source(source: KeySource) -> Self {
+    pub fn from_source(source: KeySource, ttl: std::time::Duration) -> Self {
         match source {
-            KeySource::Secret(s) => KeyProvider::Secret(CachedSecret::new(s, SIGNING_KEYS_TTL)),
+            KeySource::Secret(s) => KeyProvider::Secret(CachedSecret::new(s, ttl)),
             KeySource::Live(keys) => KeyProvider::Static(keys),
         }
     }

@@ -47,18 +47,23 @@ const MAX_RACE_RETRIES: u32 = 8;
 pub struct Config {
     pub store: shared::bootstrap::StoreConfig,
     pub keys: KeySource,
+    /// How long keys read from Secrets Manager are trusted before they are read again
+    /// ([`SIGNING_KEYS_TTL`] unless `SECRETS_TTL_SECONDS` says otherwise).
+    pub signing_keys_ttl: std::time::Duration,
     /// Events older than this are refused (default 72 h: longer than Klarna's ~21 h retry span).
     pub replay_window: Duration,
 }
 
 impl Config {
-    /// `KLARNA_WEBHOOK_SIGNING_KEYS[_SECRET_ID]`, `WEBHOOK_REPLAY_WINDOW_HOURS` and the store's.
+    /// `KLARNA_WEBHOOK_SIGNING_KEYS[_SECRET_ID]`, `WEBHOOK_REPLAY_WINDOW_HOURS`,
+    /// `SECRETS_TTL_SECONDS` and the store's.
     pub fn from_env() -> Result<Self, shared::config::ConfigError> {
         Ok(Self {
             store: shared::bootstrap::StoreConfig::from_env()?,
             keys: KeySource::Secret(shared::config::SecretSource::from_env(
                 "KLARNA_WEBHOOK_SIGNING_KEYS",
             )?),
+            signing_keys_ttl: shared::config::secrets_ttl(SIGNING_KEYS_TTL)?,
             replay_window: Duration::hours(shared::config::parse_or(
                 "WEBHOOK_REPLAY_WINDOW_HOURS",
                 72,
@@ -78,7 +83,7 @@ impl Deps {
     pub async fn new(config: Config, sdk: &SdkConfig) -> Wired<Self> {
         Ok(Self {
             repo: config.store.repository(sdk).await?,
-            keys: KeyProvider::from_source(config.keys),
+            keys: KeyProvider::from_source(config.keys, config.signing_keys_ttl),
             replay_window: config.replay_window,
         })
     }

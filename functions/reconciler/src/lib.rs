@@ -115,7 +115,7 @@ pub enum Step {
 }
 
 /// What a run did (the function's answer and the operator's report).
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Report {
     /// Payments the index named as due.
     pub due: usize,

@@ -3,65 +3,47 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use klarna_sim::{SimConfig, Simulator};
+use clap::Parser;
+use klarna_sim::{unconfirmed::WEBHOOK_TIMEOUT_SECS, SimConfig, Simulator};
 
-const USAGE: &str = "\
-klarna-sim: a local Klarna sandbox simulator (TEST ONLY)
+/// klarna-sim: a local Klarna sandbox simulator (TEST ONLY)
+#[derive(Debug, Parser)]
+#[command(
+    name = "klarna-sim",
+    after_help = "Logs go to stderr; RUST_LOG is honoured (default: info)."
+)]
+struct Cli {
+    /// Port on 127.0.0.1 (0 = a random free port)
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    port: u16,
+    /// Register a webhook for payment.request.state-change.* at start
+    #[arg(long, value_name = "URL")]
+    webhook_url: Option<String>,
+    /// Multiply webhook retry delays (0.001: 10 s becomes 10 ms)
+    #[arg(long, value_name = "F", default_value_t = 1.0, value_parser = time_scale, allow_negative_numbers = true)]
+    time_scale: f64,
+    /// Delivery timeout in seconds
+    #[arg(long, value_name = "N", default_value_t = WEBHOOK_TIMEOUT_SECS)]
+    webhook_timeout_secs: u64,
+}
 
-USAGE:
-    klarna-sim [--port N] [--webhook-url URL] [--time-scale F] [--webhook-timeout-secs N]
+fn time_scale(s: &str) -> Result<f64, String> {
+    s.parse::<f64>()
+        .ok()
+        .filter(|f| f.is_finite() && *f >= 0.0)
+        .ok_or_else(|| "takes a number >= 0".to_owned())
+}
 
-OPTIONS:
-    --port N                  port on 127.0.0.1 (default 0 = random free port)
-    --webhook-url URL         register a webhook for payment.request.state-change.* at start
-    --time-scale F            multiply webhook retry delays (default 1.0; 0.001 = 10 s -> 10 ms)
-    --webhook-timeout-secs N  delivery timeout (default 10)
-    -h, --help                show this help
-
-Logs go to stderr; RUST_LOG is honoured (default: info).";
-
-fn parse_args(args: impl Iterator<Item = String>) -> Result<Option<SimConfig>, String> {
-    let mut config = SimConfig::default();
-    let mut args = args;
-    while let Some(arg) = args.next() {
-        let (name, inline) = match arg.split_once('=') {
-            Some((n, v)) => (n.to_string(), Some(v.to_string())),
-            None => (arg.clone(), None),
-        };
-        if name == "-h" || name == "--help" {
-            return Ok(None);
-        }
-        let mut value = || {
-            inline
-                .clone()
-                .or_else(|| args.next())
-                .ok_or_else(|| format!("{name} needs a value"))
-        };
-        match name.as_str() {
-            "--port" => {
-                let v = value()?;
-                config.port = v.parse().map_err(|_| format!("invalid --port '{v}'"))?;
-            }
-            "--webhook-url" => config.webhook_url = Some(value()?),
-            "--time-scale" => {
-                let v = value()?;
-                config.time_scale = v
-                    .parse::<f64>()
-                    .ok()
-                    .filter(|f| f.is_finite() && *f >= 0.0)
-                    .ok_or_else(|| format!("invalid --time-scale '{v}'"))?;
-            }
-            "--webhook-timeout-secs" => {
-                let v = value()?;
-                let secs: u64 = v
-                    .parse()
-                    .map_err(|_| format!("invalid --webhook-timeout-secs '{v}'"))?;
-                config.webhook_timeout = Duration::from_secs(secs);
-            }
-            other => return Err(format!("unknown argument '{other}'")),
+impl Cli {
+    fn into_config(self) -> SimConfig {
+        SimConfig {
+            port: self.port,
+            webhook_url: self.webhook_url,
+            time_scale: self.time_scale,
+            webhook_timeout: Duration::from_secs(self.webhook_timeout_secs),
+            ..SimConfig::default()
         }
     }
-    Ok(Some(config))
 }
 
 #[tokio::main]
@@ -74,17 +56,8 @@ async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
 
-    let config = match parse_args(std::env::args().skip(1)) {
-        Ok(Some(c)) => c,
-        Ok(None) => {
-            println!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            eprintln!("error: {e}\n\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
+    // Usage errors exit 2 with clap's message; --help prints and exits 0.
+    let config = Cli::parse().into_config();
 
     let sim = match Simulator::start(config.clone()).await {
         Ok(s) => s,
@@ -148,23 +121,42 @@ async fn wait_for_stop() {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::CommandFactory;
 
-    fn args(s: &str) -> impl Iterator<Item = String> + '_ {
-        s.split_whitespace().map(str::to_string)
+    fn parse(s: &str) -> Result<SimConfig, clap::Error> {
+        Cli::try_parse_from(std::iter::once("klarna-sim").chain(s.split_whitespace()))
+            .map(Cli::into_config)
     }
 
     #[test]
     fn parses_flags() {
-        let c = parse_args(args(
-            "--port 4010 --webhook-url http://x/y --time-scale=0.5",
-        ))
-        .expect("ok")
-        .expect("config");
+        Cli::command().debug_assert();
+        let c = parse("--port 4010 --webhook-url http://x/y --time-scale=0.5").expect("ok");
         assert_eq!(c.port, 4010);
         assert_eq!(c.webhook_url.as_deref(), Some("http://x/y"));
         assert!((c.time_scale - 0.5).abs() < f64::EPSILON);
-        assert!(parse_args(args("--port")).is_err());
-        assert!(parse_args(args("--bogus 1")).is_err());
-        assert!(parse_args(args("--help")).expect("ok").is_none());
+        for bad in [
+            "--port",
+            "--bogus 1",
+            "--time-scale -1",
+            "--time-scale nan",
+            "--port 1 --port 2",
+        ] {
+            assert_eq!(parse(bad).unwrap_err().exit_code(), 2, "{bad}");
+        }
+        assert_eq!(
+            parse("--help").unwrap_err().kind(),
+            clap::error::ErrorKind::DisplayHelp
+        );
+    }
+
+    #[test]
+    fn no_flags_is_the_default_config() {
+        let (c, d) = (parse("").unwrap(), SimConfig::default());
+        assert_eq!(
+            (c.port, c.webhook_url, c.webhook_timeout),
+            (d.port, d.webhook_url, d.webhook_timeout)
+        );
+        assert_eq!(c.time_scale, d.time_scale);
     }
 }

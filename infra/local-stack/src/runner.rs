@@ -9,6 +9,7 @@ use shared::klarna::SigningKeys;
 use shared::partners::NewPartner;
 use shared::store::records::Subscription;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +22,10 @@ pub struct RunnerOptions {
     /// Runs the reconciler on this timer, as the template's schedule does in AWS; `None` runs
     /// it only on demand (the walk-through and the tests, which need to know when it ran).
     pub reconcile_every: Option<Duration>,
+    /// Binary mode: the directory with the built function binaries (`target/debug`), each run
+    /// as a child process under the Lambda Runtime API emulator; `None` calls the handlers in
+    /// process.
+    pub binaries: Option<PathBuf>,
 }
 
 pub struct Running {
@@ -46,6 +51,7 @@ impl Running {
             r.abort();
         }
         self.server.abort();
+        self.stack.shutdown().await;
         self.sim.shutdown().await;
     }
 }
@@ -86,7 +92,8 @@ pub async fn start(sdk: aws_config::SdkConfig, o: RunnerOptions) -> Result<Runni
     })
     .await
     .map_err(|e| format!("Klarna simulator: {e}"))?;
-    let opts = StackOptions::new(&o.prefix, &sim.base_url(), SigningKeys::default());
+    let mut opts = StackOptions::new(&o.prefix, &sim.base_url(), SigningKeys::default());
+    opts.binaries = o.binaries.clone().map(crate::BinaryOptions::new);
     let stack = Arc::new(
         LocalStack::start(sdk, opts)
             .await
@@ -134,8 +141,12 @@ pub async fn start(sdk: aws_config::SdkConfig, o: RunnerOptions) -> Result<Runni
         .await
         .and_then(|r| r.error_for_status())
         .map_err(|e| format!("registering the webhook: {e}"))?;
-    *stack.signing_keys.write().await =
-        SigningKeys::new([(SigningKeyId::new(&key_id), SecretString::new(&secret))]);
+    stack
+        .set_signing_keys(SigningKeys::new([(
+            SigningKeyId::new(&key_id),
+            SecretString::new(&secret),
+        )]))
+        .await;
 
     // A demo partner with its own FIFO queue and dead-letter queue.
     let sqs = &stack.sqs;
@@ -210,7 +221,7 @@ pub async fn start(sdk: aws_config::SdkConfig, o: RunnerOptions) -> Result<Runni
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
-                if let Err(e) = stack.reconcile(chrono::Utc::now()).await {
+                if let Err(e) = stack.run_reconciler(serde_json::json!({})).await {
                     tracing::error!(error = %e, "reconciler run failed");
                 }
             }

@@ -69,6 +69,41 @@ pub struct RouteDef {
     pub authorized: bool,
 }
 
+/// The value a function's environment variable is given in the template.
+#[derive(Clone, Debug, PartialEq)]
+pub enum EnvValue {
+    /// A plain value.
+    Literal(String),
+    /// `!Ref X`: a parameter or a resource.
+    Ref(String),
+    /// `!GetAtt X.Attr`.
+    GetAtt(String, String),
+    /// `!If [condition, then, else]`.
+    If {
+        condition: String,
+        then: Box<EnvValue>,
+        otherwise: Box<EnvValue>,
+    },
+    /// `!Ref AWS::NoValue`: the variable is absent.
+    NoValue,
+    /// Anything else (`!Sub`, `!Join`, ...), as written.
+    Unsupported(String),
+}
+
+/// A Lambda function of the template, as the local stack runs its binary.
+#[derive(Clone, Debug)]
+pub struct FunctionDef {
+    pub logical_id: String,
+    /// `Metadata.BuildProperties.Binary`: the cargo binary that is the function.
+    pub binary: Option<String>,
+    /// `Timeout` (seconds), from the function or `Globals`; Lambda's default is 3.
+    pub timeout_secs: u64,
+    /// `MemorySize` (MB), from the function or `Globals`; Lambda's default is 128.
+    pub memory_mb: u64,
+    /// Every environment variable the function gets, `Globals` first, then its own (which win).
+    pub env: Vec<(String, EnvValue)>,
+}
+
 /// A function the template runs on a schedule (an EventBridge rule).
 #[derive(Clone, Debug)]
 pub struct ScheduleDef {
@@ -87,8 +122,12 @@ pub struct Template {
     pub stream_mappings: Vec<StreamMapping>,
     pub routes: Vec<RouteDef>,
     pub authorizer_function: Option<String>,
-    /// Environment variables each function declares (names only matter locally).
+    /// Environment variable names each function gets (`Globals` and its own).
     pub function_env: BTreeMap<String, Vec<String>>,
+    /// Every function by logical id: binary, timeout, memory and environment.
+    pub functions: BTreeMap<String, FunctionDef>,
+    /// `Conditions`, as written (evaluated by [`Template::resolve_env`]).
+    pub conditions: BTreeMap<String, Value>,
 }
 
 fn shape(msg: impl Into<String>) -> TemplateError {
@@ -126,6 +165,79 @@ fn int(v: Option<&Value>) -> Option<i64> {
     v.and_then(|v| v.as_i64().or_else(|| v.as_str()?.parse().ok()))
 }
 
+/// The `!Fn [args]` / `{"Fn::Fn": [args]}` form of an intrinsic function, if `v` is one.
+fn intrinsic<'a>(v: &'a Value, name: &str) -> Option<&'a Value> {
+    match v {
+        Value::Tagged(t) if t.tag == name => Some(&t.value),
+        Value::Mapping(m) if m.len() == 1 => match name {
+            "Ref" | "Condition" => m.get(name),
+            _ => m.get(format!("Fn::{name}").as_str()),
+        },
+        _ => None,
+    }
+}
+
+fn scalar(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// Reads an environment variable's value expression.
+pub fn env_value(v: &Value) -> EnvValue {
+    if let Some(s) = scalar(v) {
+        return EnvValue::Literal(s);
+    }
+    if let Some(r) = intrinsic(v, "Ref").and_then(Value::as_str) {
+        return if r == "AWS::NoValue" {
+            EnvValue::NoValue
+        } else {
+            EnvValue::Ref(r.to_owned())
+        };
+    }
+    if let Some(g) = intrinsic(v, "GetAtt") {
+        let parts: Vec<String> = match g {
+            Value::String(s) => s.splitn(2, '.').map(str::to_owned).collect(),
+            Value::Sequence(s) => s.iter().filter_map(scalar).collect(),
+            _ => Vec::new(),
+        };
+        if let [res, attr] = parts.as_slice() {
+            return EnvValue::GetAtt(res.clone(), attr.clone());
+        }
+    }
+    if let Some(Value::Sequence(args)) = intrinsic(v, "If") {
+        if let [Value::String(c), then, otherwise] = args.as_slice() {
+            return EnvValue::If {
+                condition: c.clone(),
+                then: Box::new(env_value(then)),
+                otherwise: Box::new(env_value(otherwise)),
+            };
+        }
+    }
+    EnvValue::Unsupported(
+        serde_yaml::to_string(v)
+            .unwrap_or_default()
+            .trim()
+            .to_owned(),
+    )
+}
+
+fn env_vars(props: Option<&Value>) -> Vec<(String, EnvValue)> {
+    props
+        .and_then(|p| p.get("Environment"))
+        .and_then(|e| e.get("Variables"))
+        .and_then(Value::as_mapping)
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| Some((k.as_str()?.to_owned(), env_value(v))))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 impl Template {
     pub fn load(path: &std::path::Path) -> Result<Self, TemplateError> {
         let text = std::fs::read_to_string(path)
@@ -147,6 +259,20 @@ impl Template {
         let mut stream_mappings = Vec::new();
         let mut routes = Vec::new();
         let mut function_env = BTreeMap::new();
+        let mut functions = BTreeMap::new();
+        let globals = doc.get("Globals").and_then(|g| g.get("Function"));
+        let global_env = env_vars(globals);
+        let global_timeout = int(globals.and_then(|g| g.get("Timeout")));
+        let global_memory = int(globals.and_then(|g| g.get("MemorySize")));
+        let conditions: BTreeMap<String, Value> = doc
+            .get("Conditions")
+            .and_then(Value::as_mapping)
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(k, v)| Some((k.as_str()?.to_owned(), v.clone())))
+                    .collect()
+            })
+            .unwrap_or_default();
         let mut authorizer_function = None;
         let default_authorizer = resources
             .values()
@@ -223,17 +349,33 @@ impl Template {
                     });
                 }
                 Some("AWS::Serverless::Function") => {
-                    let env: Vec<String> = props
-                        .get("Environment")
-                        .and_then(|e| e.get("Variables"))
-                        .and_then(Value::as_mapping)
-                        .map(|m| {
-                            m.keys()
-                                .filter_map(|k| k.as_str().map(str::to_owned))
-                                .collect()
-                        })
-                        .unwrap_or_default();
-                    function_env.insert(id.clone(), env);
+                    let mut env = global_env.clone();
+                    for (name, value) in env_vars(Some(&props)) {
+                        env.retain(|(n, _)| *n != name);
+                        env.push((name, value));
+                    }
+                    function_env.insert(id.clone(), env.iter().map(|(n, _)| n.clone()).collect());
+                    functions.insert(
+                        id.clone(),
+                        FunctionDef {
+                            logical_id: id.clone(),
+                            binary: r
+                                .get("Metadata")
+                                .and_then(|m| m.get("BuildProperties"))
+                                .and_then(|b| b.get("Binary"))
+                                .and_then(Value::as_str)
+                                .map(str::to_owned),
+                            timeout_secs: int(props.get("Timeout"))
+                                .or(global_timeout)
+                                .unwrap_or(3)
+                                .max(1) as u64,
+                            memory_mb: int(props.get("MemorySize"))
+                                .or(global_memory)
+                                .unwrap_or(128)
+                                .max(128) as u64,
+                            env,
+                        },
+                    );
                     let Some(events) = props.get("Events").and_then(Value::as_mapping) else {
                         continue;
                     };
@@ -353,11 +495,131 @@ impl Template {
             routes,
             authorizer_function,
             function_env,
+            functions,
+            conditions,
         })
     }
 
     pub fn queue(&self, logical_id: &str) -> Option<&QueueDef> {
         self.queues.iter().find(|q| q.logical_id == logical_id)
+    }
+
+    /// The environment `function` gets, with every `!Ref` answered by `refs` (a parameter's
+    /// value, a resource's name or URL; `None`: the caller cannot supply it) and every `!If`
+    /// decided by the template's `Conditions`. Fails naming every variable that cannot be
+    /// supplied, so a variable added to the template cannot be silently missing locally.
+    pub fn resolve_env(
+        &self,
+        function: &str,
+        refs: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Vec<(String, String)>, TemplateError> {
+        let f = self
+            .functions
+            .get(function)
+            .ok_or_else(|| shape(format!("no function {function}")))?;
+        let mut out = Vec::new();
+        let mut missing = Vec::new();
+        for (name, value) in &f.env {
+            match self.value(value, refs) {
+                Ok(Some(v)) => out.push((name.clone(), v)),
+                Ok(None) => {}
+                Err(why) => missing.push(format!("{name} ({why})")),
+            }
+        }
+        if missing.is_empty() {
+            Ok(out)
+        } else {
+            Err(shape(format!(
+                "the local stack cannot supply {function}'s environment: {}",
+                missing.join(", ")
+            )))
+        }
+    }
+
+    /// `Ok(None)`: the variable is absent (`AWS::NoValue`).
+    fn value(
+        &self,
+        v: &EnvValue,
+        refs: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Option<String>, String> {
+        match v {
+            EnvValue::Literal(s) => Ok(Some(s.clone())),
+            EnvValue::NoValue => Ok(None),
+            EnvValue::Ref(r) => refs(r)
+                .map(Some)
+                .ok_or_else(|| format!("no local value for !Ref {r}")),
+            EnvValue::GetAtt(r, a) => refs(&format!("{r}.{a}"))
+                .map(Some)
+                .ok_or_else(|| format!("no local value for !GetAtt {r}.{a}")),
+            EnvValue::If {
+                condition,
+                then,
+                otherwise,
+            } => {
+                if self.condition(condition, refs, 0)? {
+                    self.value(then, refs)
+                } else {
+                    self.value(otherwise, refs)
+                }
+            }
+            EnvValue::Unsupported(s) => Err(format!("unsupported expression {s}")),
+        }
+    }
+
+    fn condition(
+        &self,
+        name: &str,
+        refs: &dyn Fn(&str) -> Option<String>,
+        depth: u32,
+    ) -> Result<bool, String> {
+        let c = self
+            .conditions
+            .get(name)
+            .ok_or_else(|| format!("no condition {name}"))?;
+        self.truth(c, refs, depth)
+    }
+
+    fn truth(
+        &self,
+        c: &Value,
+        refs: &dyn Fn(&str) -> Option<String>,
+        depth: u32,
+    ) -> Result<bool, String> {
+        if depth > 16 {
+            return Err("conditions nest too deep".into());
+        }
+        let args = |f: &str| intrinsic(c, f).and_then(Value::as_sequence);
+        if let Some(a) = args("Not") {
+            return Ok(!self.truth(a.first().ok_or("empty !Not")?, refs, depth + 1)?);
+        }
+        if let Some(a) = args("And") {
+            for x in a {
+                if !self.truth(x, refs, depth + 1)? {
+                    return Ok(false);
+                }
+            }
+            return Ok(true);
+        }
+        if let Some(a) = args("Or") {
+            for x in a {
+                if self.truth(x, refs, depth + 1)? {
+                    return Ok(true);
+                }
+            }
+            return Ok(false);
+        }
+        if let Some([x, y]) = args("Equals").map(Vec::as_slice) {
+            let x = self.value(&env_value(x), refs)?;
+            let y = self.value(&env_value(y), refs)?;
+            return Ok(x == y);
+        }
+        if let Some(name) = intrinsic(c, "Condition").and_then(Value::as_str) {
+            return self.condition(name, refs, depth + 1);
+        }
+        Err(format!(
+            "unsupported condition {}",
+            serde_yaml::to_string(c).unwrap_or_default().trim()
+        ))
     }
 }
 
@@ -467,5 +729,90 @@ mod tests {
             t.authorizer_function.as_deref(),
             Some("PartnerAuthFunction")
         );
+    }
+
+    #[test]
+    fn functions_carry_binary_timeout_and_the_globals_environment() {
+        let t = Template::parse(crate::TEMPLATE_YAML).unwrap();
+        assert_eq!(t.functions.len(), 7);
+        let api = &t.functions["PartnerApiFunction"];
+        assert_eq!(api.binary.as_deref(), Some("partner-api"));
+        assert_eq!(api.timeout_secs, 25);
+        let names: Vec<&str> = api.env.iter().map(|(n, _)| n.as_str()).collect();
+        for n in [
+            "RUST_LOG",
+            "TABLE_NAME",
+            "DATA_KEY_SECRET_ID",
+            "KLARNA_BASE_URL",
+        ] {
+            assert!(names.contains(&n), "{n} in {names:?}");
+        }
+        assert!(t.function_env["PartnerAuthFunction"].contains(&"TABLE_NAME".to_owned()));
+        assert!(t
+            .functions
+            .values()
+            .all(|f| f.binary.is_some() && f.timeout_secs >= 3));
+    }
+
+    #[test]
+    fn the_environment_resolves_refs_and_conditions_or_names_what_is_missing() {
+        let t = Template::parse(
+            r#"
+Parameters:
+  Mtls: {Type: String, Default: ""}
+Conditions:
+  HasMtls: !Not [!Equals [!Ref Mtls, ""]]
+Globals:
+  Function:
+    Timeout: 7
+    Environment:
+      Variables:
+        TABLE_NAME: !Ref Table
+Resources:
+  Table: {Type: AWS::DynamoDB::Table, Properties: {}}
+  Q: {Type: AWS::SQS::Queue, Properties: {}}
+  F:
+    Type: AWS::Serverless::Function
+    Metadata: {BuildProperties: {Binary: f}}
+    Properties:
+      Environment:
+        Variables:
+          QUEUE: !Ref Q
+          LITERAL: 3
+          MTLS_SECRET_ID: !If [HasMtls, !Ref Mtls, !Ref AWS::NoValue]
+          OTHER: !Ref Unknown
+"#,
+        )
+        .unwrap();
+        assert_eq!(t.functions["F"].timeout_secs, 7);
+        let refs = |r: &str| match r {
+            "Table" => Some("t1".to_owned()),
+            "Q" => Some("https://q".to_owned()),
+            "Mtls" => Some(String::new()),
+            _ => None,
+        };
+        let err = t.resolve_env("F", &refs).unwrap_err().to_string();
+        assert!(
+            err.contains("OTHER (no local value for !Ref Unknown)"),
+            "{err}"
+        );
+        let refs = |r: &str| refs(r).or_else(|| (r == "Unknown").then(|| "u".to_owned()));
+        let env = t.resolve_env("F", &refs).unwrap();
+        assert_eq!(
+            env,
+            [
+                ("TABLE_NAME", "t1"),
+                ("QUEUE", "https://q"),
+                ("LITERAL", "3"),
+                ("OTHER", "u")
+            ]
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        );
+        let with_mtls = |r: &str| match r {
+            "Mtls" => Some("mtls-id".to_owned()),
+            other => refs(other),
+        };
+        let env = t.resolve_env("F", &with_mtls).unwrap();
+        assert!(env.contains(&("MTLS_SECRET_ID".to_owned(), "mtls-id".to_owned())));
     }
 }

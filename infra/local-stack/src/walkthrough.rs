@@ -873,6 +873,19 @@ async fn lost_webhooks(c: &mut Ctx<'_>) -> StepResult {
     )?;
     c.run.sim.clear_webhook_faults();
     let t = Instant::now();
+    // What the schedule sends (`{}`), now: the function as deployed (its binary in binary
+    // mode). Too early for this step-up, which waits 15 quiet minutes.
+    let scheduled = c.run.stack.run_reconciler(json!({})).await?;
+    c.line(&format!(
+        "scheduled reconciler run now ({}): {} due, {} moved",
+        if c.run.stack.binaries.is_some() {
+            "the reconciler binary"
+        } else {
+            "in process"
+        },
+        scheduled.due,
+        scheduled.total(reconciler::Step::Moved)
+    ));
     // The schedule runs it every few minutes; a step-up is read after 15 quiet ones.
     let at = chrono::Utc::now() + chrono::Duration::minutes(16);
     let run = c.run.stack.reconcile(at).await.map_err(|e| e.to_string())?;

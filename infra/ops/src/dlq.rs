@@ -3,57 +3,72 @@
 //! Bodies can carry tokens (partner notifications) or stream ranges; only ids, types, reasons
 //! and key names are ever shown.
 
-use crate::args::Args;
+use crate::cli::{non_empty, number, Global};
 use crate::partner::queue_attributes;
-use crate::{clip, group_usage, Ctx, OpsError, Report};
+use crate::{clip, Ctx, OpsError, Report};
 use aws_sdk_sqs::types::{Message, MessageSystemAttributeName, QueueAttributeName};
+use clap::{Args, Subcommand};
 use serde_json::{json, Map, Value};
 
-pub const HELP: &str = "\
-USAGE
-  klarna-ops dlq <command> [options]
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// Depth and a summary of each message of the dead-letter queues
+    ///
+    /// Without --queue-url, lists the queues (optionally only names starting with P, e.g. the stack
+    /// name) whose name contains StepUpDeadLetterQueue or FanoutFailureQueue, or ends with -dlq or
+    /// -dlq.fifo (the partner dead-letter queues).
+    ///
+    /// For each queue: its depth, and for up to N messages (0 = depth only) the message id,
+    /// receive count, sent time, FIFO group, and a reason:
+    ///   finalize job            payment_id / partner_id (read the step-up-completion logs for it)
+    ///   stream failure record   requestContext.condition, function error, shard and sequence range
+    ///   partner notification    event_id, event_type, payment_id only (bodies may carry tokens)
+    ///   anything else           the names of its top-level JSON keys (first 80 characters)
+    /// Reading a message to summarise it counts as a receive; the messages are made visible again
+    /// at once.
+    #[command(verbatim_doc_comment)]
+    List(ListArgs),
+    /// Move messages from a dead-letter queue back to a queue
+    ///
+    /// Moves up to N messages (default: all) from --from to --to: receive, send to the target with the
+    /// same body and message attributes (and, for a FIFO target, the same message group and the
+    /// deduplication id redrive-<message id>, so a retried move does not duplicate), then delete from
+    /// the source. For the step-up DLQ the target is the StepUpQueue; for a partner's DLQ, the
+    /// partner's queue. Fix the cause first (e.g. Klarna is answering again), or the messages come back.
+    #[command(verbatim_doc_comment)]
+    Redrive(RedriveArgs),
+}
 
-COMMANDS
-  list     depth and a summary of each message of the dead-letter queues
-  redrive  move messages from a dead-letter queue back to a queue
-";
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// A queue to list (repeatable; default: discover the dead-letter queues)
+    #[arg(long, value_name = "URL")]
+    pub queue_url: Vec<String>,
+    /// Discover only queues whose name starts with P (e.g. the stack name)
+    #[arg(long, value_name = "P", conflicts_with = "queue_url")]
+    pub name_prefix: Option<String>,
+    /// Summarise up to N messages per queue (0 = depth only)
+    #[arg(long, value_name = "N", default_value_t = 10, value_parser = number::<usize>)]
+    pub max: usize,
+}
 
-const COMMANDS: &str = "list, redrive";
+#[derive(Debug, Args)]
+pub struct RedriveArgs {
+    /// The dead-letter queue to move from
+    #[arg(long, value_name = "URL", value_parser = non_empty)]
+    pub from: String,
+    /// The queue to move to
+    #[arg(long, value_name = "URL", value_parser = non_empty)]
+    pub to: String,
+    /// Move at most N messages (default: all)
+    #[arg(long, value_name = "N", value_parser = number::<usize>)]
+    pub max: Option<usize>,
+}
 
-pub const HELP_LIST: &str = "\
-USAGE
-  klarna-ops dlq list [--queue-url URL ...] [--name-prefix P] [--max N] [--json]
-
-Without --queue-url, lists the queues (optionally only names starting with P, e.g. the stack
-name) whose name contains StepUpDeadLetterQueue or FanoutFailureQueue, or ends with -dlq or
--dlq.fifo (the partner dead-letter queues).
-
-For each queue: its depth, and for up to N messages (default 10; 0 = depth only) the message id,
-receive count, sent time, FIFO group, and a reason:
-  finalize job            payment_id / partner_id (read the step-up-completion logs for it)
-  stream failure record   requestContext.condition, function error, shard and sequence range
-  partner notification    event_id, event_type, payment_id only (bodies may carry tokens)
-  anything else           the names of its top-level JSON keys (first 80 characters)
-Reading a message to summarise it counts as a receive; the messages are made visible again
-at once.
-";
-
-pub const HELP_REDRIVE: &str = "\
-USAGE
-  klarna-ops dlq redrive --from URL --to URL [--max N] [--json]
-
-Moves up to N messages (default: all) from --from to --to: receive, send to the target with the
-same body and message attributes (and, for a FIFO target, the same message group and the
-deduplication id redrive-<message id>, so a retried move does not duplicate), then delete from
-the source. For the step-up DLQ the target is the StepUpQueue; for a partner's DLQ, the
-partner's queue. Fix the cause first (e.g. Klarna is answering again), or the messages come back.
-";
-
-pub async fn dispatch(rest: &[&str], args: &Args, ctx: &Ctx) -> Result<Report, OpsError> {
-    match rest {
-        ["list", ..] => list(args, ctx).await,
-        ["redrive", ..] => redrive(args, ctx).await,
-        _ => group_usage("dlq", rest, args, HELP, COMMANDS),
+pub async fn run(c: DlqCommand, _g: &Global, ctx: &Ctx) -> Result<Report, OpsError> {
+    match c {
+        DlqCommand::List(a) => list(a, ctx).await,
+        DlqCommand::Redrive(a) => redrive(a, ctx).await,
     }
 }
 
@@ -240,24 +255,13 @@ async fn receive(
         .unwrap_or_default())
 }
 
-async fn list(args: &Args, ctx: &Ctx) -> Result<Report, OpsError> {
-    if args.help() {
-        return Ok(Report::help(HELP_LIST));
-    }
-    args.only(2, &["queue-url", "name-prefix", "max"])?;
-    let max: usize = args.num("max")?.unwrap_or(10);
+async fn list(a: ListArgs, ctx: &Ctx) -> Result<Report, OpsError> {
+    let max = a.max;
     let sqs = ctx.sqs().await;
-    let mut urls: Vec<String> = args
-        .all("queue-url")
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    // clap refuses --queue-url together with --name-prefix.
+    let mut urls = a.queue_url;
     if urls.is_empty() {
-        urls = discover(&sqs, args.opt("name-prefix")?).await?;
-    } else if args.opt("name-prefix")?.is_some() {
-        return Err(OpsError::Usage(
-            "give either --queue-url or --name-prefix".into(),
-        ));
+        urls = discover(&sqs, a.name_prefix.as_deref()).await?;
     }
     let mut text = String::new();
     let mut queues = Vec::new();
@@ -356,14 +360,8 @@ async fn list(args: &Args, ctx: &Ctx) -> Result<Report, OpsError> {
     Ok(Report::new(text, json!({ "queues": queues })))
 }
 
-async fn redrive(args: &Args, ctx: &Ctx) -> Result<Report, OpsError> {
-    if args.help() {
-        return Ok(Report::help(HELP_REDRIVE));
-    }
-    args.only(2, &["from", "to", "max"])?;
-    let from = args.req("from")?.to_owned();
-    let to = args.req("to")?.to_owned();
-    let max: Option<usize> = args.num("max")?;
+async fn redrive(a: RedriveArgs, ctx: &Ctx) -> Result<Report, OpsError> {
+    let RedriveArgs { from, to, max } = a;
     if from == to {
         return Err(OpsError::Usage("--from and --to are the same queue".into()));
     }

@@ -2,136 +2,187 @@
 //! store the webhook function verifies with, including a rotation in which no valid webhook is
 //! ever refused.
 
-use crate::args::Args;
+use crate::cli::{http_url, non_empty, number, Global};
 use crate::keystore::{FileKeyStore, KeyStore, SyncedKeyStore};
-use crate::{group_usage, Ctx, OpsError, Progress, Report};
+use crate::{Ctx, OpsError, Progress, Report};
+use clap::{Args, Subcommand};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use shared::ids::SecretString;
 use std::time::Duration;
 
-pub const HELP: &str = "\
-USAGE
-  klarna-ops klarna <command> [options]
+#[derive(Debug, Subcommand)]
+pub enum KlarnaCommand {
+    /// Signing keys at Klarna and in the key store: create, list, delete
+    #[command(subcommand, arg_required_else_help = false)]
+    SigningKey(SigningKeyCommand),
+    /// This backend's webhook registration at Klarna: register, show, test
+    #[command(subcommand, arg_required_else_help = false)]
+    Webhook(WebhookCommand),
+    /// Replace the webhook signing key without refusing a valid webhook
+    ///
+    /// Replaces the signing key of the webhook(s) (all of them, or --webhook-id) in an order in which
+    /// every webhook Klarna sends verifies:
+    ///   1. create a new key at Klarna
+    ///   2. add it to the key store: old and new keys are both live (run --sync-command)
+    ///   3. wait --propagation-seconds (default 360) for the webhook function to read the new key set
+    ///      (it caches the secret 60 s; the Parameters and Secrets extension up to 300 s)
+    ///   4. PATCH the webhook(s) to sign with the new key
+    ///   5. wait --grace-seconds for deliveries signed with the old key (in flight, or Klarna retries:
+    ///      up to ~21 h) before the old key stops verifying
+    ///   6. remove the old key(s) from the key store (run --sync-command)
+    ///   7. delete the old key(s) at Klarna
+    ///
+    /// Progress goes to stderr. If a step fails, nothing after it happens and the message says what is
+    /// live; rerunning is safe (it starts a new rotation from the webhook's current key).
+    #[command(verbatim_doc_comment)]
+    Rotate(RotateArgs),
+}
 
-COMMANDS
-  signing-key create   create a signing key at Klarna and put it in the key store
-  signing-key list     Klarna's signing keys, which webhook uses each, which are in the store
-  signing-key delete   delete an unused signing key at Klarna and from the store
-  webhook register     register this backend's webhook endpoint at Klarna
-  webhook show         the registered webhooks
-  webhook test         have Klarna send a signed test event and report the endpoint's answer
-  rotate               replace the webhook signing key without refusing a valid webhook
+#[derive(Debug, Subcommand)]
+pub enum SigningKeyCommand {
+    /// Create a signing key at Klarna and put it in the key store
+    ///
+    /// Creates a signing key at Klarna (POST /v2/notification/signing-keys) and adds it to the key
+    /// store (required), beside the keys already there. The secret goes only to the key store; it is
+    /// not printed.
+    #[command(verbatim_doc_comment)]
+    Create(KeyStoreArgs),
+    /// Klarna's signing keys, which webhook uses each, which are in the store
+    ///
+    /// Lists Klarna's signing keys (ids and creation times), the webhooks that sign with each and,
+    /// with a key store, whether the webhook function has the key. Never prints a secret.
+    #[command(verbatim_doc_comment)]
+    List(KeyStoreArgs),
+    /// Delete an unused signing key at Klarna and from the store
+    ///
+    /// Deletes a signing key no webhook uses at Klarna, then removes it from the key store (if one is
+    /// given). A key a webhook still signs with is refused: rotate first.
+    #[command(verbatim_doc_comment)]
+    Delete(KeyDeleteArgs),
+}
 
-COMMON OPTIONS
-  --klarna-url URL        Klarna API host (default: env KLARNA_BASE_URL); API key: env KLARNA_API_KEY
-  --key-store STORE       file:PATH (a JSON file {\"<key id>\":\"<secret>\"}, the operator's copy
-                          of the webhook function's Secrets Manager secret);
-                          default: env KLARNA_OPS_KEY_STORE
-  --sync-command CMD      run `sh -c CMD` after every key store change, with KLARNA_OPS_KEY_FILE
-                          set to the key file: copy it into the secret the webhook function reads
-                          (see docs/operations.md). Without it a change reaches the function only
-                          when the file is copied by hand. A failing command stops the operation.
-";
+#[derive(Debug, Subcommand)]
+pub enum WebhookCommand {
+    /// Register this backend's webhook endpoint at Klarna
+    ///
+    /// Registers URL (the stack's ApiUrl + /webhooks/klarna) for the event types
+    /// payment.request.state-change.*, payment.transaction.* and identity.customer-token.state-change.*,
+    /// event_version v2, status ENABLED. The signing key is --signing-key-id (it must be in the key
+    /// store, which is required), else the only key in the store, else a new key created and stored
+    /// first.
+    #[command(verbatim_doc_comment)]
+    Register(RegisterArgs),
+    /// The registered webhooks
+    ///
+    /// Lists the registered webhooks: id, url, event types, status, signing key (and, with a key
+    /// store, whether the webhook function has that key).
+    #[command(verbatim_doc_comment)]
+    Show(KeyStoreArgs),
+    /// Have Klarna send a signed test event and report the endpoint's answer
+    ///
+    /// Checks a deployed webhook end to end: Klarna signs and sends a simulated event of TYPE to the
+    /// webhook's URL (POST /v2/notification/webhooks/{id}/simulate). Succeeds only if the endpoint
+    /// accepted it (200/201/202/204); a refusal (e.g. 400: the webhook function lacks the signing
+    /// key) or no answer is an error, and Klarna retries the event on its schedule. The simulated
+    /// event names a payment request that does not exist, so the backend acknowledges and keeps it
+    /// without acting.
+    #[command(verbatim_doc_comment)]
+    Test(WebhookTestArgs),
+}
 
-const COMMANDS: &str = "signing-key create|list|delete, webhook register|show|test, rotate";
+/// The key store the webhook function's keys are kept in, and how a change reaches the function.
+#[derive(Debug, Clone, Default, Args)]
+pub struct KeyStoreArgs {
+    /// The key store: file:PATH [default: env KLARNA_OPS_KEY_STORE]
+    ///
+    /// file:PATH is a JSON file {"<key id>":"<secret>"}, the operator's copy of the webhook
+    /// function's Secrets Manager secret.
+    #[arg(long, value_name = "STORE", verbatim_doc_comment)]
+    pub key_store: Option<String>,
+    /// Run `sh -c CMD` after every key store change (KLARNA_OPS_KEY_FILE: the key file)
+    ///
+    /// Copy the file into the secret the webhook function reads (see docs/operations.md). Without
+    /// it a change reaches the function only when the file is copied by hand. A failing command
+    /// stops the operation.
+    #[arg(long, value_name = "CMD", verbatim_doc_comment)]
+    pub sync_command: Option<String>,
+}
 
-pub const HELP_KEY_CREATE: &str = "\
-USAGE
-  klarna-ops klarna signing-key create --key-store STORE [--sync-command CMD] [--json]
+#[derive(Debug, Args)]
+pub struct KeyDeleteArgs {
+    /// The signing key id
+    #[arg(long, value_name = "ID", value_parser = non_empty)]
+    pub key_id: String,
+    #[command(flatten)]
+    pub store: KeyStoreArgs,
+}
 
-Creates a signing key at Klarna (POST /v2/notification/signing-keys) and adds it to the key
-store, beside the keys already there. The secret goes only to the key store; it is not printed.
-";
+#[derive(Debug, Args)]
+pub struct RegisterArgs {
+    /// The webhook endpoint: the stack's ApiUrl + /webhooks/klarna
+    #[arg(long, value_name = "URL", value_parser = http_url)]
+    pub url: String,
+    /// Sign with this key (it must be in the key store)
+    #[arg(long, value_name = "ID")]
+    pub signing_key_id: Option<String>,
+    #[command(flatten)]
+    pub store: KeyStoreArgs,
+}
 
-pub const HELP_KEY_LIST: &str = "\
-USAGE
-  klarna-ops klarna signing-key list [--key-store STORE] [--json]
+#[derive(Debug, Args)]
+pub struct WebhookTestArgs {
+    /// The webhook; may be left out when exactly one is registered
+    #[arg(long, value_name = "ID")]
+    pub webhook_id: Option<String>,
+    /// The event type Klarna simulates
+    #[arg(long, value_name = "TYPE", default_value = DEFAULT_TEST_EVENT, value_parser = non_empty)]
+    pub event_type: String,
+    /// Its event version
+    #[arg(long, value_name = "V", default_value = "v2", value_parser = non_empty)]
+    pub event_version: String,
+}
 
-Lists Klarna's signing keys (ids and creation times), the webhooks that sign with each and,
-with --key-store, whether the webhook function has the key. Never prints a secret.
-";
+#[derive(Debug, Args)]
+pub struct RotateArgs {
+    /// Wait this long (0-604800 s) for deliveries signed with the old key before it stops verifying
+    #[arg(long, value_name = "N", value_parser = seconds, allow_negative_numbers = true)]
+    pub grace_seconds: f64,
+    /// Wait this long (0-604800 s) for the webhook function to read the new key set
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 360.0,
+        value_parser = seconds,
+        allow_negative_numbers = true
+    )]
+    pub propagation_seconds: f64,
+    /// Only this webhook (default: every registered webhook)
+    #[arg(long, value_name = "ID")]
+    pub webhook_id: Option<String>,
+    #[command(flatten)]
+    pub store: KeyStoreArgs,
+}
 
-pub const HELP_KEY_DELETE: &str = "\
-USAGE
-  klarna-ops klarna signing-key delete --key-id ID [--key-store STORE] [--sync-command CMD] [--json]
+/// Seconds to wait: 0 to 7 days.
+fn seconds(s: &str) -> Result<f64, String> {
+    let v: f64 = number(s)?;
+    if (0.0..=7.0 * 86400.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err("must be between 0 and 604800".into())
+    }
+}
 
-Deletes a signing key no webhook uses at Klarna, then removes it from the key store (with
---key-store). A key a webhook still signs with is refused: rotate first.
-";
-
-pub const HELP_WEBHOOK_REGISTER: &str = "\
-USAGE
-  klarna-ops klarna webhook register --url URL --key-store STORE [--signing-key-id ID]
-                                     [--sync-command CMD] [--json]
-
-Registers URL (the stack's ApiUrl + /webhooks/klarna) for event_types
-[\"payment.request.state-change.*\", \"identity.customer-token.state-change.*\"], event_version v2, status ENABLED. The signing key is
---signing-key-id (it must be in the key store), else the only key in the store, else a new key
-created and stored first.
-";
-
-pub const HELP_WEBHOOK_SHOW: &str = "\
-USAGE
-  klarna-ops klarna webhook show [--key-store STORE] [--json]
-
-Lists the registered webhooks: id, url, event types, status, signing key (and, with
---key-store, whether the webhook function has that key).
-";
-
-pub const HELP_WEBHOOK_TEST: &str = "\
-USAGE
-  klarna-ops klarna webhook test [--webhook-id ID] [--event-type TYPE] [--event-version V] [--json]
-
-Checks a deployed webhook end to end: Klarna signs and sends a simulated event of TYPE
-(default payment.request.state-change.submitted, version v2) to the webhook's URL
-(POST /v2/notification/webhooks/{id}/simulate). Succeeds only if the endpoint accepted it
-(200/201/202/204); a refusal (e.g. 400: the webhook function lacks the signing key) or no
-answer is an error, and Klarna retries the event on its schedule. --webhook-id may be left out
-when exactly one webhook is registered. The simulated event names a payment request that does
-not exist, so the backend acknowledges and keeps it without acting.
-";
-
-pub const HELP_ROTATE: &str = "\
-USAGE
-  klarna-ops klarna rotate --grace-seconds N --key-store STORE [--propagation-seconds N]
-                           [--webhook-id ID] [--sync-command CMD] [--json]
-
-Replaces the signing key of the webhook(s) (all of them, or --webhook-id) in an order in which
-every webhook Klarna sends verifies:
-  1. create a new key at Klarna
-  2. add it to the key store: old and new keys are both live (run --sync-command)
-  3. wait --propagation-seconds (default 360) for the webhook function to read the new key set
-     (it caches the secret 60 s; the Parameters and Secrets extension up to 300 s)
-  4. PATCH the webhook(s) to sign with the new key
-  5. wait --grace-seconds for deliveries signed with the old key (in flight, or Klarna retries:
-     up to ~21 h) before the old key stops verifying
-  6. remove the old key(s) from the key store (run --sync-command)
-  7. delete the old key(s) at Klarna
-Progress goes to stderr. If a step fails, nothing after it happens and the message says what is
-live; rerunning is safe (it starts a new rotation from the webhook's current key).
-";
-
-pub async fn dispatch(rest: &[&str], args: &Args, ctx: &Ctx) -> Result<Report, OpsError> {
-    match rest {
-        ["signing-key", "create", ..] => key_create(args, ctx).await,
-        ["signing-key", "list", ..] => key_list(args, ctx).await,
-        ["signing-key", "delete", ..] => key_delete(args, ctx).await,
-        ["signing-key", rest2 @ ..] => group_usage(
-            "klarna signing-key",
-            rest2,
-            args,
-            HELP,
-            "create, list, delete",
-        ),
-        ["webhook", "register", ..] => webhook_register(args, ctx).await,
-        ["webhook", "show", ..] => webhook_show(args, ctx).await,
-        ["webhook", "test", ..] => webhook_test(args, ctx).await,
-        ["webhook", rest2 @ ..] => {
-            group_usage("klarna webhook", rest2, args, HELP, "register, show, test")
-        }
-        ["rotate", ..] => rotate_cmd(args, ctx).await,
-        _ => group_usage("klarna", rest, args, HELP, COMMANDS),
+pub async fn run(c: KlarnaCommand, g: &Global, ctx: &Ctx) -> Result<Report, OpsError> {
+    match c {
+        KlarnaCommand::SigningKey(SigningKeyCommand::Create(a)) => key_create(a, g, ctx).await,
+        KlarnaCommand::SigningKey(SigningKeyCommand::List(a)) => key_list(a, g, ctx).await,
+        KlarnaCommand::SigningKey(SigningKeyCommand::Delete(a)) => key_delete(a, g, ctx).await,
+        KlarnaCommand::Webhook(WebhookCommand::Register(a)) => webhook_register(a, g, ctx).await,
+        KlarnaCommand::Webhook(WebhookCommand::Show(a)) => webhook_show(a, g, ctx).await,
+        KlarnaCommand::Webhook(WebhookCommand::Test(a)) => webhook_test(a, g, ctx).await,
+        KlarnaCommand::Rotate(a) => rotate_cmd(a, g, ctx).await,
     }
 }
 
@@ -219,10 +270,10 @@ impl Notifications {
         })
     }
 
-    pub fn from_ctx(args: &Args, ctx: &Ctx) -> Result<Self, OpsError> {
-        let url = args
-            .opt("klarna-url")?
-            .map(str::to_owned)
+    pub fn from_ctx(g: &Global, ctx: &Ctx) -> Result<Self, OpsError> {
+        let url = g
+            .klarna_url
+            .clone()
             .or_else(|| ctx.klarna_url.clone())
             .ok_or_else(|| {
                 OpsError::Config("no Klarna URL: pass --klarna-url or set KLARNA_BASE_URL".into())
@@ -407,27 +458,24 @@ impl Notifications {
 /// The key store named by `--key-store` (or `KLARNA_OPS_KEY_STORE`), wrapped in the sync
 /// command if one is given.
 pub async fn key_store_from(
-    args: &Args,
+    args: &KeyStoreArgs,
     ctx: &Ctx,
     required: bool,
 ) -> Result<Option<Box<dyn KeyStore>>, OpsError> {
-    let spec = args
-        .opt("key-store")?
-        .map(str::to_owned)
-        .or_else(|| ctx.key_store.clone());
+    let spec = args.key_store.clone().or_else(|| ctx.key_store.clone());
     let Some(spec) = spec else {
         if required {
             return Err(OpsError::Usage(
                 "--key-store is required (file:PATH; or set KLARNA_OPS_KEY_STORE)".into(),
             ));
         }
-        if args.opt("sync-command")?.is_some() {
+        if args.sync_command.is_some() {
             return Err(OpsError::Usage("--sync-command needs --key-store".into()));
         }
         return Ok(None);
     };
     let store = file_key_store(&spec)?;
-    Ok(Some(match args.opt("sync-command")? {
+    Ok(Some(match args.sync_command.as_deref() {
         Some(cmd) if !cmd.trim().is_empty() => Box::new(SyncedKeyStore::new(store, cmd)),
         _ => {
             (ctx.progress)(&format!(
@@ -455,21 +503,11 @@ fn file_key_store(spec: &str) -> Result<Box<dyn KeyStore>, OpsError> {
     }
 }
 
-const STORE_FLAGS: &[&str] = &["key-store", "sync-command"];
-
-fn flags(extra: &[&'static str]) -> Vec<&'static str> {
-    STORE_FLAGS.iter().chain(extra).copied().collect()
-}
-
 // ------------------------------------------------------------------------------- commands
 
-async fn key_create(args: &Args, ctx: &Ctx) -> Result<Report, OpsError> {
-    if args.help() {
-        return Ok(Report::help(HELP_KEY_CREATE));
-    }
-    args.only(3, &flags(&[]))?;
-    let klarna = Notifications::from_ctx(args, ctx)?;
-    let store = key_store_from(args, ctx, true).await?.expect("required");
+async fn key_create(a: KeyStoreArgs, g: &Global, ctx: &Ctx) -> Result<Report, OpsError> {
+    let klarna = Notifications::from_ctx(g, ctx)?;
+    let store = key_store_from(&a, ctx, true).await?.expect("required");
     store.load().await?;
     let (id, created_at) = create_and_store_key(&klarna, store.as_ref(), &ctx.progress).await?;
     Ok(Report::new(
@@ -509,13 +547,9 @@ async fn create_and_store_key(
     Ok((id, created_at))
 }
 
-async fn key_list(args: &Args, ctx: &Ctx) -> Result<Report, OpsError> {
-    if args.help() {
-        return Ok(Report::help(HELP_KEY_LIST));
-    }
-    args.only(3, &flags(&[]))?;
-    let klarna = Notifications::from_ctx(args, ctx)?;
-    let store = key_store_from(args, ctx, false).await?;
+async fn key_list(a: KeyStoreArgs, g: &Global, ctx: &Ctx) -> Result<Report, OpsError> {
+    let klarna = Notifications::from_ctx(g, ctx)?;
+    let store = key_store_from(&a, ctx, false).await?;
     let keys = klarna.list_signing_keys().await?;
     let hooks = klarna.list_webhooks().await?;
     let stored = match &store {
@@ -570,14 +604,10 @@ async fn key_list(args: &Args, ctx: &Ctx) -> Result<Report, OpsError> {
     ))
 }
 
-async fn key_delete(args: &Args, ctx: &Ctx) -> Result<Report, OpsError> {
-    if args.help() {
-        return Ok(Report::help(HELP_KEY_DELETE));
-    }
-    args.only(3, &flags(&["key-id"]))?;
-    let id = args.req("key-id")?.to_owned();
-    let klarna = Notifications::from_ctx(args, ctx)?;
-    let store = key_store_from(args, ctx, false).await?;
+async fn key_delete(a: KeyDeleteArgs, g: &Global, ctx: &Ctx) -> Result<Report, OpsError> {
+    let id = a.key_id;
+    let klarna = Notifications::from_ctx(g, ctx)?;
+    let store = key_store_from(&a.store, ctx, false).await?;
     let users: Vec<String> = klarna
         .list_webhooks()
         .await?
@@ -613,24 +643,17 @@ async fn key_delete(args: &Args, ctx: &Ctx) -> Result<Report, OpsError> {
     ))
 }
 
-async fn webhook_register(args: &Args, ctx: &Ctx) -> Result<Report, OpsError> {
-    if args.help() {
-        return Ok(Report::help(HELP_WEBHOOK_REGISTER));
-    }
-    args.only(3, &flags(&["url", "signing-key-id"]))?;
-    let url = args.req("url")?.to_owned();
-    if !url.starts_with("https://") && !url.starts_with("http://") {
-        return Err(OpsError::Usage(format!(
-            "--url {url:?} is not an http(s) URL"
-        )));
-    }
+async fn webhook_register(a: RegisterArgs, g: &Global, ctx: &Ctx) -> Result<Report, OpsError> {
+    let url = a.url;
     if url.starts_with("http://") && !url.contains("127.0.0.1") && !url.contains("localhost") {
         ctx.progress("warning: a plain http:// webhook URL outside localhost");
     }
-    let klarna = Notifications::from_ctx(args, ctx)?;
-    let store = key_store_from(args, ctx, true).await?.expect("required");
+    let klarna = Notifications::from_ctx(g, ctx)?;
+    let store = key_store_from(&a.store, ctx, true)
+        .await?
+        .expect("required");
     let stored = store.load().await?;
-    let key_id = match args.opt("signing-key-id")? {
+    let key_id = match a.signing_key_id.as_deref() {
         Some(k) if stored.contains(k) => k.to_owned(),
         Some(k) => {
             return Err(OpsError::Conflict(format!(
@@ -666,13 +689,9 @@ async fn webhook_register(args: &Args, ctx: &Ctx) -> Result<Report, OpsError> {
     ))
 }
 
-async fn webhook_show(args: &Args, ctx: &Ctx) -> Result<Report, OpsError> {
-    if args.help() {
-        return Ok(Report::help(HELP_WEBHOOK_SHOW));
-    }
-    args.only(3, &flags(&[]))?;
-    let klarna = Notifications::from_ctx(args, ctx)?;
-    let store = key_store_from(args, ctx, false).await?;
+async fn webhook_show(a: KeyStoreArgs, g: &Global, ctx: &Ctx) -> Result<Report, OpsError> {
+    let klarna = Notifications::from_ctx(g, ctx)?;
+    let store = key_store_from(&a, ctx, false).await?;
     let stored = match &store {
         Some(s) => Some(s.load().await?),
         None => None,
@@ -727,21 +746,12 @@ pub fn simulation_result(answer: &Value) -> SimulationResult {
     SimulationResult::Answered(status, delivered)
 }
 
-async fn webhook_test(args: &Args, ctx: &Ctx) -> Result<Report, OpsError> {
-    if args.help() {
-        return Ok(Report::help(HELP_WEBHOOK_TEST));
-    }
-    args.only(3, &["webhook-id", "event-type", "event-version"])?;
-    let event_type = args.opt("event-type")?.unwrap_or(DEFAULT_TEST_EVENT).trim();
-    let event_version = args.opt("event-version")?.unwrap_or("v2").trim();
-    if event_type.is_empty() || event_version.is_empty() {
-        return Err(OpsError::Usage(
-            "--event-type and --event-version must not be empty".into(),
-        ));
-    }
-    let klarna = Notifications::from_ctx(args, ctx)?;
+async fn webhook_test(a: WebhookTestArgs, g: &Global, ctx: &Ctx) -> Result<Report, OpsError> {
+    let event_type = a.event_type.as_str();
+    let event_version = a.event_version.as_str();
+    let klarna = Notifications::from_ctx(g, ctx)?;
     let hooks = klarna.list_webhooks().await?;
-    let hook = match args.opt("webhook-id")? {
+    let hook = match a.webhook_id.as_deref() {
         Some(id) => hooks
             .into_iter()
             .find(|h| h.webhook_id == id)
@@ -849,7 +859,7 @@ async fn wait(total: Duration, what: &str, progress: &Progress) {
     }
 }
 
-/// The rotation (see [`HELP_ROTATE`]).
+/// The rotation (see `klarna-ops klarna rotate --help`, [`KlarnaCommand::Rotate`]).
 pub async fn rotate(
     klarna: &Notifications,
     store: &dyn KeyStore,
@@ -963,35 +973,16 @@ pub async fn rotate(
     })
 }
 
-async fn rotate_cmd(args: &Args, ctx: &Ctx) -> Result<Report, OpsError> {
-    if args.help() {
-        return Ok(Report::help(HELP_ROTATE));
-    }
-    args.only(
-        2,
-        &flags(&["grace-seconds", "propagation-seconds", "webhook-id"]),
-    )?;
-    let grace: f64 = args
-        .num("grace-seconds")?
-        .ok_or_else(|| OpsError::Usage("--grace-seconds is required".into()))?;
-    let propagation: f64 = args.num("propagation-seconds")?.unwrap_or(360.0);
-    for (name, v) in [
-        ("grace-seconds", grace),
-        ("propagation-seconds", propagation),
-    ] {
-        if !(0.0..=7.0 * 86400.0).contains(&v) {
-            return Err(OpsError::Usage(format!(
-                "--{name} must be between 0 and 604800"
-            )));
-        }
-    }
+async fn rotate_cmd(a: RotateArgs, g: &Global, ctx: &Ctx) -> Result<Report, OpsError> {
     let opts = RotateOptions {
-        propagation: Duration::from_secs_f64(propagation),
-        grace: Duration::from_secs_f64(grace),
-        webhook_id: args.opt("webhook-id")?.map(str::to_owned),
+        propagation: Duration::from_secs_f64(a.propagation_seconds),
+        grace: Duration::from_secs_f64(a.grace_seconds),
+        webhook_id: a.webhook_id,
     };
-    let klarna = Notifications::from_ctx(args, ctx)?;
-    let store = key_store_from(args, ctx, true).await?.expect("required");
+    let klarna = Notifications::from_ctx(g, ctx)?;
+    let store = key_store_from(&a.store, ctx, true)
+        .await?
+        .expect("required");
     let out = rotate(&klarna, store.as_ref(), &opts, &ctx.progress).await?;
     let mut text = format!(
         "Rotated to signing key {} (webhooks: {}).\nOld key(s) {} removed from the key store ({}) and deleted at Klarna ({}).\n",

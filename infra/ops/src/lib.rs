@@ -6,19 +6,21 @@
 //!   Klarna's Notifications API and the key store the webhook function reads; `webhook test`
 //!   has Klarna send a signed test event and reports whether the endpoint accepted it.
 //! - `dlq list|redrive`: what is stuck in the dead-letter queues, and moving it back.
+//! - `payments waiting|reconcile`: what the reconciler's index holds, and a run on demand.
 //!
 //! Everything runs through [`run`] with a [`Ctx`] (SDK configuration, table, Klarna endpoint),
 //! so the tests drive the same code as the binary, against the local stack and the simulator.
+//! The command line is parsed by clap ([`cli::Cli`]); `--help` is generated from it.
 #![forbid(unsafe_code)]
 
-pub mod args;
+pub mod cli;
 pub mod dlq;
 pub mod keystore;
 pub mod klarna;
 pub mod partner;
 pub mod payments;
 
-use args::Args;
+use cli::{Cli, Command, Global};
 use serde_json::Value;
 use shared::crypto::Sealer;
 use shared::ids::SecretString;
@@ -28,8 +30,9 @@ use tokio::sync::OnceCell;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpsError {
-    /// The command line is wrong.
-    #[error("{0} (see --help)")]
+    /// The command line is wrong: clap's message (which already points at `--help`), or a check
+    /// that needs more than the command line (e.g. the environment).
+    #[error("{}", with_help_hint(.0))]
     Usage(String),
     /// Configuration (environment, flags) is missing or unusable.
     #[error("configuration: {0}")]
@@ -85,9 +88,21 @@ impl OpsError {
         }
     }
 
-    /// The process exit code (every failure is 1; 0 is success).
+    /// The process exit code: 2 for a usage error (as clap's), 1 for every other failure; 0 is
+    /// success.
     pub fn exit_code(&self) -> i32 {
-        1
+        match self {
+            OpsError::Usage(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+fn with_help_hint(message: &str) -> String {
+    if message.contains("--help") {
+        message.to_owned()
+    } else {
+        format!("{message} (see --help)")
     }
 }
 
@@ -191,9 +206,10 @@ impl Ctx {
         (self.progress)(line)
     }
 
-    pub fn table_name(&self, args: &Args) -> Result<String, OpsError> {
-        args.opt("table")?
-            .map(str::to_owned)
+    pub fn table_name(&self, global: &Global) -> Result<String, OpsError> {
+        global
+            .table
+            .clone()
             .or_else(|| self.table.clone())
             .filter(|t| !t.trim().is_empty())
             .ok_or_else(|| {
@@ -205,8 +221,8 @@ impl Ctx {
 
     /// The store. With `sealing` the deployment's data key is required (something is sealed or
     /// opened); without it a throwaway key is used, as nothing sealed is read or written.
-    pub async fn store(&self, args: &Args, sealing: bool) -> Result<Store, OpsError> {
-        let table = self.table_name(args)?;
+    pub async fn store(&self, global: &Global, sealing: bool) -> Result<Store, OpsError> {
+        let table = self.table_name(global)?;
         let sealer = match (&self.data_key, sealing) {
             (Some(k), _) => Sealer::from_base64(k.expose()).map_err(|_| {
                 OpsError::Config("DATA_KEY is not 32 bytes of standard base64".into())
@@ -229,83 +245,19 @@ impl Ctx {
     }
 }
 
-pub const HELP: &str = "\
-klarna-ops: operate the Klarna token backend
-
-USAGE
-  klarna-ops <group> <command> [options]      every command takes --help and --json
-
-PARTNERS
-  partner create     --id ID --name NAME --klarna-account KRN [--principal ARN]
-  partner show       --id ID
-  partner disable    --id ID [--api-key-sha256 HASH]
-  partner enable     --id ID [--api-key-sha256 HASH]
-  partner subscribe  --id ID --queue-url URL --events 'payment.*,token.revoked'
-
-KLARNA WEBHOOKS (Notifications API)
-  klarna signing-key create|list|delete
-  klarna webhook register --url URL | show | test [--webhook-id ID]
-  klarna rotate --grace-seconds N [--propagation-seconds N]
-
-DEAD-LETTER QUEUES
-  dlq list    [--queue-url URL ...] [--name-prefix P] [--max N]
-  dlq redrive --from URL --to URL [--max N]
-
-PAYMENTS (the reconciler)
-  payments waiting   [--partner ID] [--state STATE] [--limit N]
-  payments reconcile [--limit N]
-
-GLOBAL OPTIONS
-  --json             machine-readable output on stdout (progress goes to stderr)
-  --table NAME       the DynamoDB table (default: env TABLE_NAME)
-  --klarna-url URL   Klarna API host (default: env KLARNA_BASE_URL)
-
-ENVIRONMENT
-  AWS_PROFILE / AWS_REGION / AWS_ENDPOINT_URL ...   the usual AWS SDK configuration
-  TABLE_NAME, DATA_KEY (base64 data key; needed to create partners and for the table key store)
-  KLARNA_BASE_URL, KLARNA_API_KEY, KLARNA_OPS_KEY_STORE (file:PATH or table)
-
-Exit code 0 on success, 1 on any error. Secrets are printed only by `partner create`, once.
-";
-
-/// Runs one command line (without the program name).
+/// Runs one command line (without the program name): parsed by clap ([`Cli`]); `--help` and
+/// `help` give the generated help as a [`Report`], and a line clap refuses is [`OpsError::Usage`].
 pub async fn run<S: AsRef<str>>(argv: &[S], ctx: &Ctx) -> Result<Report, OpsError> {
-    let args = Args::parse(argv)?;
-    let words: Vec<&str> = args.words.iter().map(String::as_str).collect();
-    match words.as_slice() {
-        [] | ["help"] => {
-            if args.help() || words == ["help"] {
-                Ok(Report::help(HELP))
-            } else {
-                Err(OpsError::Usage("no command given".into()))
-            }
-        }
-        ["partner", rest @ ..] => partner::dispatch(rest, &args, ctx).await,
-        ["klarna", rest @ ..] => klarna::dispatch(rest, &args, ctx).await,
-        ["dlq", rest @ ..] => dlq::dispatch(rest, &args, ctx).await,
-        ["payments", rest @ ..] => payments::dispatch(rest, &args, ctx).await,
-        [other, ..] => Err(OpsError::Usage(format!(
-            "unknown command {other:?}; commands: partner, klarna, dlq, payments"
-        ))),
-    }
-}
-
-/// A group without a (known) command: its help with `--help`, else a usage error.
-pub(crate) fn group_usage(
-    group: &str,
-    rest: &[&str],
-    args: &Args,
-    help: &str,
-    commands: &str,
-) -> Result<Report, OpsError> {
-    match rest.first() {
-        None if args.help() => Ok(Report::help(help)),
-        None => Err(OpsError::Usage(format!(
-            "`{group}` needs a command: {commands}"
-        ))),
-        Some(c) => Err(OpsError::Usage(format!(
-            "unknown command `{group} {c}`; commands: {commands}"
-        ))),
+    let cli = match Cli::parse_argv(argv)? {
+        Ok(cli) => cli,
+        Err(help) => return Ok(help),
+    };
+    let g = &cli.global;
+    match cli.command {
+        Command::Partner(c) => partner::run(c, g, ctx).await,
+        Command::Klarna(c) => klarna::run(c, g, ctx).await,
+        Command::Dlq(c) => dlq::run(c, g, ctx).await,
+        Command::Payments(c) => payments::run(c, g, ctx).await,
     }
 }
 
@@ -358,27 +310,44 @@ mod tests {
             "dlq",
             "dlq list",
             "dlq redrive",
+            "payments",
+            "payments waiting",
+            "payments reconcile",
         ] {
-            let mut argv: Vec<&str> = cmd.split_whitespace().collect();
-            argv.push("--help");
-            let r = run(&argv, &c)
-                .await
-                .unwrap_or_else(|e| panic!("{cmd} --help: {e}"));
-            assert!(r.text.contains("USAGE"), "{cmd}: {}", r.text);
-            assert!(r.json["help"].is_string());
+            for flag in ["--help", "-h"] {
+                let mut argv: Vec<&str> = cmd.split_whitespace().collect();
+                argv.push(flag);
+                let r = run(&argv, &c)
+                    .await
+                    .unwrap_or_else(|e| panic!("{cmd} {flag}: {e}"));
+                let usage = format!("Usage: klarna-ops {cmd}").trim_end().to_owned();
+                assert!(r.text.contains(&usage), "{cmd}: {}", r.text);
+                assert!(r.text.contains("--json"), "{cmd}: {}", r.text);
+                assert!(r.json["help"].is_string());
+            }
         }
+        let help = run(&["help", "partner", "create"], &c).await.unwrap();
+        assert!(
+            help.text.contains("--klarna-account <KRN>"),
+            "{}",
+            help.text
+        );
         for bad in [
+            vec![],
             vec!["nope"],
             vec!["partner"],
             vec!["partner", "frobnicate"],
             vec!["partner", "show"],
             vec!["partner", "show", "--id", "p1", "--bogus", "x"],
+            vec!["partner", "show", "--id", "p1", "--id", "p2"],
             vec!["klarna", "rotate"],
             vec!["dlq", "redrive", "--from", "a"],
+            vec!["payments", "waiting", "--limit", "many"],
         ] {
             let e = run(&bad, &c).await.unwrap_err();
             assert!(matches!(e, OpsError::Usage(_)), "{bad:?}: {e:?}");
-            assert_eq!(e.exit_code(), 1);
+            assert!(e.to_string().contains("--help"), "{bad:?}: {e}");
+            assert_eq!(e.exit_code(), 2);
         }
     }
 

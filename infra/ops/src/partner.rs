@@ -1,8 +1,9 @@
 //! `partner ...`: onboarding and the partner record.
 
-use crate::args::Args;
-use crate::{group_usage, Ctx, OpsError, Report};
+use crate::cli::{http_url, non_empty, Global};
+use crate::{Ctx, OpsError, Report};
 use aws_sdk_sqs::types::QueueAttributeName;
+use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 use shared::crypto::sha256_hex;
 use shared::ids::{KlarnaAccountId, PartnerId};
@@ -11,93 +12,149 @@ use shared::store::records::{
     api_key_pk, partner_pk, ApiKeyRecord, PartnerRecord, PartnerStatus, Subscription, PROFILE_SK,
 };
 
-pub const HELP: &str = "\
-USAGE
-  klarna-ops partner <command> [options]
+#[derive(Debug, Subcommand)]
+pub enum PartnerCommand {
+    /// Create the partner's queues, record, API key and notification secret
+    ///
+    /// Creates, in this order:
+    ///   1. the dead-letter queue klarna-partner-<id>-dlq.fifo (SSE, 14 days retention)
+    ///   2. the partner queue klarna-partner-<id>.fifo (SSE, 14 days, redrive to the DLQ after 5
+    ///      receives); with --principal, a queue policy letting that AWS principal (account id or
+    ///      IAM role/user ARN) ReceiveMessage, DeleteMessage, GetQueueAttributes and
+    ///      ChangeMessageVisibility
+    ///   3. the partner record, subscribed with ["*"] to the partner queue, and its API key
+    ///
+    /// Prints the partner's API key and notification signing secret ONCE. They are stored only as a
+    /// hash / sealed and cannot be shown again: hand them to the partner over a secure channel.
+    /// Also prints the API key's SHA-256 (not a secret), which `partner disable` can take.
+    ///
+    /// Needs DATA_KEY (the deployment's data key) to seal the notification secret.
+    #[command(verbatim_doc_comment)]
+    Create(CreateArgs),
+    /// The partner record (no secrets)
+    ///
+    /// Shows status, Klarna account, subscriptions, created_at and how many notification secrets are
+    /// live. Never shows a secret.
+    #[command(verbatim_doc_comment)]
+    Show(ShowArgs),
+    /// Stop the partner from authorizing payments
+    ///
+    /// Sets the partner record's status to DISABLED. The functions refuse a disabled partner on every
+    /// route with 403 partner_disabled. The API key record is found only by the key's SHA-256 (the
+    /// table is never scanned): pass --api-key-sha256 (printed by `partner create`) to set the key's
+    /// status too, so that the API Gateway authorizer refuses the key before any function runs.
+    /// Notifications already in the outbox are still delivered.
+    #[command(verbatim_doc_comment)]
+    Disable(StatusArgs),
+    /// Undo `disable`
+    ///
+    /// Sets the partner record's status to ACTIVE; with --api-key-sha256 (printed by
+    /// `partner create`) the API key's status too.
+    #[command(verbatim_doc_comment)]
+    Enable(StatusArgs),
+    /// Add (or change) a queue subscription
+    ///
+    /// Adds a subscription of the partner to an existing SQS queue, or replaces the event filters of
+    /// the subscription to that queue. The fan-out may send only to queues named klarna-partner-*
+    /// (its IAM policy); use a FIFO queue to keep per-token order.
+    #[command(verbatim_doc_comment)]
+    Subscribe(SubscribeArgs),
+}
 
-COMMANDS
-  create     create the partner's queues, record, API key and notification secret
-  show       the partner record (no secrets)
-  disable    stop the partner from authorizing payments
-  enable     undo disable
-  subscribe  add (or change) a queue subscription
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// 1-50 characters: letters, digits, '-' and '_'
+    #[arg(long, value_name = "ID", value_parser = partner_id)]
+    pub id: PartnerId,
+    /// Display name
+    #[arg(long, value_name = "NAME", value_parser = non_empty)]
+    pub name: String,
+    /// The partner's Klarna account id (krn:partner:...)
+    #[arg(long, value_name = "KRN", value_parser = klarna_account)]
+    pub klarna_account: String,
+    /// AWS principal of the partner's consumer: a 12-digit account id or an IAM role/user ARN
+    #[arg(long, value_name = "ARN", value_parser = parse_principal)]
+    pub principal: Option<String>,
+}
 
-Run `klarna-ops partner <command> --help` for the options of each.
-";
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    /// The partner id
+    #[arg(long, value_name = "ID", value_parser = partner_id)]
+    pub id: PartnerId,
+}
 
-const COMMANDS: &str = "create, show, disable, enable, subscribe";
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The partner id
+    #[arg(long, value_name = "ID", value_parser = partner_id)]
+    pub id: PartnerId,
+    /// The SHA-256 of the partner's API key (printed by `partner create`): set the key's status too
+    #[arg(long = "api-key-sha256", value_name = "HASH", value_parser = parse_api_key_hash)]
+    pub api_key_sha256: Option<String>,
+}
 
-pub const HELP_CREATE: &str = "\
-USAGE
-  klarna-ops partner create --id ID --name NAME --klarna-account KRN [--principal ARN] [--json]
+#[derive(Debug, Args)]
+pub struct SubscribeArgs {
+    /// The partner id
+    #[arg(long, value_name = "ID", value_parser = partner_id)]
+    pub id: PartnerId,
+    /// URL of an existing SQS queue
+    #[arg(long, value_name = "URL", value_parser = queue_url)]
+    pub queue_url: String,
+    /// Comma-separated event filters, e.g. 'payment.*,token.revoked'
+    #[arg(long, value_name = "LIST", value_parser = event_filters, long_help = events_long_help())]
+    pub events: EventFilters,
+}
 
-Creates, in this order:
-  1. the dead-letter queue klarna-partner-<id>-dlq.fifo (SSE, 14 days retention)
-  2. the partner queue klarna-partner-<id>.fifo (SSE, 14 days, redrive to the DLQ after 5
-     receives); with --principal, a queue policy letting that AWS principal (account id or
-     IAM role/user ARN) ReceiveMessage, DeleteMessage, GetQueueAttributes and
-     ChangeMessageVisibility
-  3. the partner record, subscribed with [\"*\"] to the partner queue, and its API key
+/// A validated `--events` list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventFilters(pub Vec<String>);
 
-Prints the partner's API key and notification signing secret ONCE. They are stored only as a
-hash / sealed and cannot be shown again: hand them to the partner over a secure channel.
-Also prints the API key's SHA-256 (not a secret), which `partner disable` can take.
+fn events_long_help() -> String {
+    format!(
+        "Comma-separated event filters; each is `*`, `<prefix>.*` (e.g. `payment.*`, `token.*`) or an\nexact event type:\n  {}",
+        NotificationType::ALL
+            .iter()
+            .map(|t| t.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
 
-OPTIONS
-  --id ID               1-50 characters: letters, digits, '-' and '_'
-  --name NAME           display name
-  --klarna-account KRN  the partner's Klarna account id (krn:partner:...)
-  --principal ARN       AWS principal of the partner's consumer (optional)
-  --table NAME          the table (default: env TABLE_NAME)
-Needs DATA_KEY (the deployment's data key) to seal the notification secret.
-";
-
-pub const HELP_SHOW: &str = "\
-USAGE
-  klarna-ops partner show --id ID [--json]
-
-Shows status, Klarna account, subscriptions, created_at and how many notification secrets are
-live. Never shows a secret.
-";
-
-pub const HELP_DISABLE: &str = "\
-USAGE
-  klarna-ops partner disable --id ID [--api-key-sha256 HASH] [--json]
-  klarna-ops partner enable  --id ID [--api-key-sha256 HASH] [--json]
-
-Sets the partner record's status. The functions refuse a disabled partner on every route with
-403 partner_disabled. The API key record is found only by the key's SHA-256 (the table is never
-scanned): pass --api-key-sha256 (printed by `partner create`) to set the key's status too, so
-that the API Gateway authorizer refuses the key before any function runs. Notifications already
-in the outbox are still delivered.
-";
-
-pub const HELP_SUBSCRIBE: &str = "\
-USAGE
-  klarna-ops partner subscribe --id ID --queue-url URL --events LIST [--json]
-
-Adds a subscription of the partner to an existing SQS queue, or replaces the event filters of
-the subscription to that queue. LIST is comma-separated; each filter is `*`, `<prefix>.*`
-(e.g. `payment.*`, `token.*`) or an exact event type:
-  payment.authorized, payment.declined, payment.step_up_required, payment.expired,
-  payment.canceled, payment.failed, token.revoked
-The fan-out may send only to queues named klarna-partner-* (its IAM policy); use a FIFO queue
-to keep per-token order.
-";
-
-pub async fn dispatch(rest: &[&str], args: &Args, ctx: &Ctx) -> Result<Report, OpsError> {
-    match rest {
-        ["create", ..] => create(args, ctx).await,
-        ["show", ..] => show(args, ctx).await,
-        ["disable", ..] => set_status(args, ctx, PartnerStatus::Disabled).await,
-        ["enable", ..] => set_status(args, ctx, PartnerStatus::Active).await,
-        ["subscribe", ..] => subscribe(args, ctx).await,
-        _ => group_usage("partner", rest, args, HELP, COMMANDS),
+pub async fn run(c: PartnerCommand, g: &Global, ctx: &Ctx) -> Result<Report, OpsError> {
+    match c {
+        PartnerCommand::Create(a) => create(a, g, ctx).await,
+        PartnerCommand::Show(a) => show(a, g, ctx).await,
+        PartnerCommand::Disable(a) => set_status(a, g, ctx, PartnerStatus::Disabled).await,
+        PartnerCommand::Enable(a) => set_status(a, g, ctx, PartnerStatus::Active).await,
+        PartnerCommand::Subscribe(a) => subscribe(a, g, ctx).await,
     }
 }
 
+fn partner_id(s: &str) -> Result<PartnerId, String> {
+    parse_partner_id(s.trim())
+}
+
+fn klarna_account(s: &str) -> Result<String, String> {
+    let a = non_empty(s)?;
+    if a.starts_with("krn:") {
+        Ok(a)
+    } else {
+        Err("Klarna account ids start with krn:".into())
+    }
+}
+
+fn queue_url(s: &str) -> Result<String, String> {
+    http_url(s).map_err(|_| "is not a queue URL".to_owned())
+}
+
+fn event_filters(s: &str) -> Result<EventFilters, String> {
+    parse_event_filters(s).map(EventFilters)
+}
+
 /// A partner id usable in keys and queue names (`klarna-partner-<id>-dlq.fifo` stays < 80).
-pub fn parse_partner_id(id: &str) -> Result<PartnerId, OpsError> {
+pub fn parse_partner_id(id: &str) -> Result<PartnerId, String> {
     let ok = (1..=50).contains(&id.len())
         && id
             .bytes()
@@ -105,9 +162,7 @@ pub fn parse_partner_id(id: &str) -> Result<PartnerId, OpsError> {
     if ok {
         Ok(PartnerId::new(id))
     } else {
-        Err(OpsError::Usage(format!(
-            "--id {id:?}: use 1-50 letters, digits, '-' or '_'"
-        )))
+        Err("use 1-50 letters, digits, '-' or '_'".into())
     }
 }
 
@@ -120,7 +175,7 @@ pub fn queue_names(id: &PartnerId) -> (String, String) {
 }
 
 /// Validates a comma-separated filter list against the known event types.
-pub fn parse_event_filters(list: &str) -> Result<Vec<String>, OpsError> {
+pub fn parse_event_filters(list: &str) -> Result<Vec<String>, String> {
     let mut out: Vec<String> = Vec::new();
     for raw in list.split(',') {
         let f = raw.trim();
@@ -138,48 +193,43 @@ pub fn parse_event_filters(list: &str) -> Result<Vec<String>, OpsError> {
             !f.contains('*') && known.clone().any(|t| t == f)
         };
         if !valid {
-            return Err(OpsError::Usage(format!(
+            return Err(format!(
                 "event filter {f:?} matches no event type; use *, <prefix>.* or one of: {}",
                 NotificationType::ALL
                     .iter()
                     .map(|t| t.as_str())
                     .collect::<Vec<_>>()
                     .join(", ")
-            )));
+            ));
         }
         if !out.iter().any(|o| o == f) {
             out.push(f.to_owned());
         }
     }
     if out.is_empty() {
-        return Err(OpsError::Usage("--events needs at least one filter".into()));
+        return Err("needs at least one filter".into());
     }
     Ok(out)
 }
 
-fn parse_principal(p: &str) -> Result<String, OpsError> {
+fn parse_principal(p: &str) -> Result<String, String> {
     let account = p.len() == 12 && p.bytes().all(|b| b.is_ascii_digit());
     let arn = p.starts_with("arn:aws") && p.contains(":iam::");
     if account || arn {
         Ok(p.to_owned())
     } else {
-        Err(OpsError::Usage(format!(
-            "--principal {p:?}: give a 12-digit account id or an IAM ARN (arn:aws:iam::<account>:role/<name>)"
-        )))
+        Err("give a 12-digit account id or an IAM ARN (arn:aws:iam::<account>:role/<name>)".into())
     }
 }
 
-fn parse_api_key_hash(h: &str) -> Result<String, OpsError> {
+fn parse_api_key_hash(h: &str) -> Result<String, String> {
     if h.len() == 64
         && h.bytes()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     {
         Ok(h.to_owned())
     } else {
-        Err(OpsError::Usage(
-            "--api-key-sha256 takes the 64 lowercase hex characters printed by `partner create`"
-                .into(),
-        ))
+        Err("takes the 64 lowercase hex characters printed by `partner create`".into())
     }
 }
 
@@ -276,21 +326,15 @@ async fn load(store: &shared::store::Store, id: &PartnerId) -> Result<PartnerRec
         .ok_or_else(|| OpsError::NotFound(format!("partner {id}")))
 }
 
-async fn create(args: &Args, ctx: &Ctx) -> Result<Report, OpsError> {
-    if args.help() {
-        return Ok(Report::help(HELP_CREATE));
-    }
-    args.only(2, &["id", "name", "klarna-account", "principal"])?;
-    let id = parse_partner_id(args.req("id")?)?;
-    let name = args.req("name")?.to_owned();
-    let account = args.req("klarna-account")?;
-    if !account.starts_with("krn:") {
-        return Err(OpsError::Usage(format!(
-            "--klarna-account {account:?}: Klarna account ids start with krn:"
-        )));
-    }
-    let principal = args.opt("principal")?.map(parse_principal).transpose()?;
-    let store = ctx.store(args, true).await?;
+async fn create(a: CreateArgs, g: &Global, ctx: &Ctx) -> Result<Report, OpsError> {
+    let CreateArgs {
+        id,
+        name,
+        klarna_account: account,
+        principal,
+    } = a;
+    let account = account.as_str();
+    let store = ctx.store(g, true).await?;
     if store
         .get::<PartnerRecord>(&partner_pk(&id), PROFILE_SK)
         .await
@@ -379,13 +423,9 @@ async fn create(args: &Args, ctx: &Ctx) -> Result<Report, OpsError> {
     ))
 }
 
-async fn show(args: &Args, ctx: &Ctx) -> Result<Report, OpsError> {
-    if args.help() {
-        return Ok(Report::help(HELP_SHOW));
-    }
-    args.only(2, &["id"])?;
-    let id = parse_partner_id(args.req("id")?)?;
-    let store = ctx.store(args, false).await?;
+async fn show(a: ShowArgs, g: &Global, ctx: &Ctx) -> Result<Report, OpsError> {
+    let id = a.id;
+    let store = ctx.store(g, false).await?;
     let p = load(&store, &id).await?;
     let mut text = format!(
         "Partner {}\n  name            {}\n  status          {}\n  klarna account  {}\n  created at      {}\n  notification secrets live: {}\n  subscriptions:\n",
@@ -420,17 +460,17 @@ async fn show(args: &Args, ctx: &Ctx) -> Result<Report, OpsError> {
     ))
 }
 
-async fn set_status(args: &Args, ctx: &Ctx, status: PartnerStatus) -> Result<Report, OpsError> {
-    if args.help() {
-        return Ok(Report::help(HELP_DISABLE));
-    }
-    args.only(2, &["id", "api-key-sha256"])?;
-    let id = parse_partner_id(args.req("id")?)?;
-    let key_hash = args
-        .opt("api-key-sha256")?
-        .map(parse_api_key_hash)
-        .transpose()?;
-    let store = ctx.store(args, false).await?;
+async fn set_status(
+    a: StatusArgs,
+    g: &Global,
+    ctx: &Ctx,
+    status: PartnerStatus,
+) -> Result<Report, OpsError> {
+    let StatusArgs {
+        id,
+        api_key_sha256: key_hash,
+    } = a;
+    let store = ctx.store(g, false).await?;
     let mut p = load(&store, &id).await?;
     // Check the key first, so a wrong hash changes nothing.
     let key = match &key_hash {
@@ -489,20 +529,13 @@ async fn set_status(args: &Args, ctx: &Ctx, status: PartnerStatus) -> Result<Rep
     ))
 }
 
-async fn subscribe(args: &Args, ctx: &Ctx) -> Result<Report, OpsError> {
-    if args.help() {
-        return Ok(Report::help(HELP_SUBSCRIBE));
-    }
-    args.only(2, &["id", "queue-url", "events"])?;
-    let id = parse_partner_id(args.req("id")?)?;
-    let queue_url = args.req("queue-url")?.to_owned();
-    if !(queue_url.starts_with("https://") || queue_url.starts_with("http://")) {
-        return Err(OpsError::Usage(format!(
-            "--queue-url {queue_url:?} is not a queue URL"
-        )));
-    }
-    let filters = parse_event_filters(args.req("events")?)?;
-    let store = ctx.store(args, false).await?;
+async fn subscribe(a: SubscribeArgs, g: &Global, ctx: &Ctx) -> Result<Report, OpsError> {
+    let SubscribeArgs {
+        id,
+        queue_url,
+        events: EventFilters(filters),
+    } = a;
+    let store = ctx.store(g, false).await?;
     let mut p = load(&store, &id).await?;
     let sqs = ctx.sqs().await;
     queue_arn(&sqs, &queue_url).await?;

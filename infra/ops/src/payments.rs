@@ -1,9 +1,11 @@
 //! `payments waiting` and `payments reconcile`: what the reconciler's index holds (every payment
 //! something can leave waiting, by age and state), and a reconciler run on demand.
 
-use crate::args::Args;
-use crate::{group_usage, Ctx, OpsError, Report};
+use crate::cli::{number, Global};
+use crate::{Ctx, OpsError, Report};
 use chrono::{DateTime, Utc};
+use clap::builder::{PossibleValuesParser, TypedValueParser};
+use clap::{Args, Subcommand};
 use serde_json::json;
 use shared::domain::PaymentState;
 use shared::ids::PartnerId;
@@ -11,32 +13,62 @@ use shared::klarna::{KlarnaClient, KlarnaClientConfig, RetryPolicy};
 use shared::repo::Repository;
 use std::time::Duration;
 
-pub const HELP: &str = "\
-klarna-ops payments: payments that are not finished
+#[derive(Debug, Subcommand)]
+pub enum PaymentsCommand {
+    /// Payments something can leave waiting, oldest first
+    ///
+    /// Every payment something can leave waiting (PENDING, STEP_UP_PENDING, STEP_UP_COMPLETED,
+    /// and AUTHORIZED with money to follow), oldest first, with when the reconciler looks next
+    /// and whether it is past its deadline. Reads the `due` index; needs no data key.
+    #[command(verbatim_doc_comment)]
+    Waiting(WaitingArgs),
+    /// One reconciler run now, from this machine
+    ///
+    /// One reconciler run now, from this machine (needs DATA_KEY, KLARNA_BASE_URL and
+    /// KLARNA_API_KEY). In AWS, prefer invoking the function:
+    ///   aws lambda invoke --function-name <ReconcilerFunction> --payload '{}' out.json
+    #[command(verbatim_doc_comment)]
+    Reconcile(ReconcileArgs),
+}
 
-  payments waiting   [--partner ID] [--state STATE] [--limit N]
-      Every payment something can leave waiting (PENDING, STEP_UP_PENDING, STEP_UP_COMPLETED,
-      and AUTHORIZED with money to follow), oldest first, with when the reconciler looks next
-      and whether it is past its deadline. Reads the `due` index; needs no data key.
-  payments reconcile [--limit N]
-      One reconciler run now, from this machine (needs DATA_KEY, KLARNA_BASE_URL and
-      KLARNA_API_KEY). In AWS, prefer invoking the function:
-      aws lambda invoke --function-name <ReconcilerFunction> --payload '{}' out.json
-";
+#[derive(Debug, Args)]
+pub struct WaitingArgs {
+    /// Only this partner's payments
+    #[arg(long, value_name = "ID")]
+    pub partner: Option<String>,
+    /// Only payments in this state (any case)
+    #[arg(long, value_name = "STATE", ignore_case = true, value_parser = state_parser())]
+    pub state: Option<PaymentState>,
+    /// Show at most N payments (1-10000)
+    #[arg(long, value_name = "N", default_value_t = 100, value_parser = number::<usize>)]
+    pub limit: usize,
+}
 
-pub(crate) async fn dispatch(rest: &[&str], args: &Args, ctx: &Ctx) -> Result<Report, OpsError> {
-    match rest {
-        ["waiting"] => waiting(args, ctx).await,
-        ["reconcile"] => reconcile(args, ctx).await,
-        _ => group_usage("payments", rest, args, HELP, "waiting, reconcile"),
+#[derive(Debug, Args)]
+pub struct ReconcileArgs {
+    /// Look at most at N payments (1-10000)
+    #[arg(long, value_name = "N", default_value_t = reconciler::DEFAULT_LIMIT, value_parser = number::<usize>)]
+    pub limit: usize,
+}
+
+pub async fn run(c: PaymentsCommand, g: &Global, ctx: &Ctx) -> Result<Report, OpsError> {
+    match c {
+        PaymentsCommand::Waiting(a) => waiting(a, g, ctx).await,
+        PaymentsCommand::Reconcile(a) => reconcile(a, g, ctx).await,
     }
 }
 
-fn parse_state(s: &str) -> Result<PaymentState, OpsError> {
+/// The payment states by name, in any case.
+fn state_parser() -> impl TypedValueParser<Value = PaymentState> {
+    PossibleValuesParser::new(PaymentState::ALL.map(PaymentState::as_str))
+        .try_map(|s| parse_state(&s))
+}
+
+fn parse_state(s: &str) -> Result<PaymentState, String> {
     PaymentState::ALL
         .into_iter()
         .find(|p| p.as_str().eq_ignore_ascii_case(s.trim()))
-        .ok_or_else(|| OpsError::Usage(format!("--state {s:?} is not a payment state")))
+        .ok_or_else(|| "is not a payment state".to_owned())
 }
 
 fn age(from: DateTime<Utc>, now: DateTime<Utc>) -> String {
@@ -50,15 +82,11 @@ fn age(from: DateTime<Utc>, now: DateTime<Utc>) -> String {
     }
 }
 
-async fn waiting(args: &Args, ctx: &Ctx) -> Result<Report, OpsError> {
-    if args.help() {
-        return Ok(Report::help(HELP));
-    }
-    args.only(2, &["partner", "state", "limit"])?;
-    let partner = args.opt("partner")?.map(PartnerId::new);
-    let state = args.opt("state")?.map(parse_state).transpose()?;
-    let limit = args.num::<usize>("limit")?.unwrap_or(100).clamp(1, 10_000);
-    let repo = Repository::new(ctx.store(args, false).await?);
+async fn waiting(a: WaitingArgs, g: &Global, ctx: &Ctx) -> Result<Report, OpsError> {
+    let partner = a.partner.map(PartnerId::new);
+    let state = a.state;
+    let limit = a.limit.clamp(1, 10_000);
+    let repo = Repository::new(ctx.store(g, false).await?);
     let now = Utc::now();
     // Reads every shard of the index (non-final payments are few), then filters.
     let mut rows: Vec<_> = repo
@@ -109,18 +137,11 @@ async fn waiting(args: &Args, ctx: &Ctx) -> Result<Report, OpsError> {
     Ok(Report::new(text, json!({ "payments": out })))
 }
 
-async fn reconcile(args: &Args, ctx: &Ctx) -> Result<Report, OpsError> {
-    if args.help() {
-        return Ok(Report::help(HELP));
-    }
-    args.only(2, &["limit"])?;
-    let limit = args
-        .num::<usize>("limit")?
-        .unwrap_or(reconciler::DEFAULT_LIMIT)
-        .clamp(1, 10_000);
-    let url = args
-        .opt("klarna-url")?
-        .map(str::to_owned)
+async fn reconcile(a: ReconcileArgs, g: &Global, ctx: &Ctx) -> Result<Report, OpsError> {
+    let limit = a.limit.clamp(1, 10_000);
+    let url = g
+        .klarna_url
+        .clone()
         .or_else(|| ctx.klarna_url.clone())
         .ok_or_else(|| {
             OpsError::Config("no Klarna URL: pass --klarna-url or set KLARNA_BASE_URL".into())
@@ -139,7 +160,7 @@ async fn reconcile(args: &Args, ctx: &Ctx) -> Result<Report, OpsError> {
     })
     .map_err(|e| OpsError::Config(e.to_string()))?;
     let deps = reconciler::Deps {
-        repo: Repository::new(ctx.store(args, true).await?),
+        repo: Repository::new(ctx.store(g, true).await?),
         klarna,
     };
     let report = reconciler::run(&deps, limit, None, Utc::now())

@@ -113,7 +113,10 @@ fn natural_due(p: &PaymentRecord) -> Option<DateTime<Utc>> {
         PaymentState::Pending => Some(p.created_at + PENDING_LEASE),
         PaymentState::StepUpPending => {
             // Quiet: no word from Klarna since the step-up began (or since its last event).
-            let last_word = p.payment_request_event_at.unwrap_or(p.created_at).max(p.created_at);
+            let last_word = p
+                .payment_request_event_at
+                .unwrap_or(p.created_at)
+                .max(p.created_at);
             let quiet = last_word + STEP_UP_QUIET;
             Some(p.step_up_expires_at.map_or(quiet, |e| e.min(quiet)))
         }

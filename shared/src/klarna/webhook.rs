@@ -48,6 +48,17 @@ impl SigningKeys {
         })))
     }
 
+    /// The JSON form [`SigningKeys::from_json`] reads (what the Secrets Manager secret holds).
+    /// It carries the secrets: hand it only to a secret store.
+    pub fn to_secret_json(&self) -> SecretString {
+        let map: std::collections::BTreeMap<&str, &str> = self
+            .keys
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.expose()))
+            .collect();
+        SecretString::new(serde_json::to_string(&map).unwrap_or_else(|_| "{}".into()))
+    }
+
     pub fn len(&self) -> usize {
         self.keys.len()
     }
