@@ -5,7 +5,10 @@ item's condition fails, puts that copy back. With moto's threaded server, a tran
 fails while another one succeeds therefore erases the other one's writes (and their stream
 records): concurrent conditional writes, which DynamoDB makes linearizable, lose updates. One
 lock around every DynamoDB and Streams backend call gives the local server DynamoDB's
-guarantee. SQS is left concurrent (its long polls must not block the table).
+guarantee. SQS messages stay concurrent (its long polls must not block the table), but the calls
+that change or list the set of queues share a second lock: moto's CreateQueue walks every queue
+to find a redrive target while another thread adds one, and fails with "dictionary changed size
+during iteration" when parallel tests create their queues at once.
 """
 
 import functools
@@ -14,12 +17,23 @@ import threading
 
 from moto.dynamodb.models import DynamoDBBackend
 from moto.dynamodbstreams.models import DynamoDBStreamsBackend
+from moto.sqs.models import SQSBackend
 
 _LOCK = threading.RLock()
+_SQS_QUEUES = threading.RLock()
+_SQS_QUEUE_CALLS = (
+    "create_queue",
+    "delete_queue",
+    "set_queue_attributes",
+    "list_queues",
+    "get_queue_url",
+    "get_queue_attributes",
+    "list_dead_letter_source_queues",
+)
 
 
-def _serialize(cls):
-    for name in dir(cls):
+def _serialize(cls, lock, names=None):
+    for name in names or dir(cls):
         if name.startswith("_"):
             continue
         attr = getattr(cls, name, None)
@@ -29,7 +43,7 @@ def _serialize(cls):
         def wrap(fn):
             @functools.wraps(fn)
             def locked(*args, **kwargs):
-                with _LOCK:
+                with lock:
                     return fn(*args, **kwargs)
 
             return locked
@@ -37,8 +51,9 @@ def _serialize(cls):
         setattr(cls, name, wrap(attr))
 
 
-_serialize(DynamoDBBackend)
-_serialize(DynamoDBStreamsBackend)
+_serialize(DynamoDBBackend, _LOCK)
+_serialize(DynamoDBStreamsBackend, _LOCK)
+_serialize(SQSBackend, _SQS_QUEUES, _SQS_QUEUE_CALLS)
 
 if __name__ == "__main__":
     from moto.server import main
