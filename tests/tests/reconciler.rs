@@ -82,6 +82,34 @@ async fn cancel_at_klarna(w: &World, pr: &str) {
     assert!(status.is_success(), "cancel at Klarna: {status}");
 }
 
+/// The notification types a partner's queue holds now, in order.
+async fn drained_types(w: &World, p: &TestPartner) -> Vec<String> {
+    w.drain(p)
+        .await
+        .into_iter()
+        .map(|r| r.notification.event_type.as_str().to_owned())
+        .collect()
+}
+
+/// A world whose functions reach the local AWS server through a fault proxy (one attempt per
+/// call), where Klarna approves at once; with its partner.
+async fn approving_world_behind_a_fault_proxy(name: &str) -> (FaultProxy, World, TestPartner) {
+    let proxy = FaultProxy::start(local_stack::stack::local_endpoint()).await;
+    let w = World::with_sdk(
+        name,
+        proxy.sdk().await,
+        SimConfig {
+            time_scale: 0.001,
+            ..SimConfig::default()
+        },
+        |_| {},
+    )
+    .await;
+    w.sim.set_rules(approve_at_once());
+    let p = w.partner("shop", &["*"]).await;
+    (proxy, w, p)
+}
+
 #[tokio::test]
 async fn lost_webhook_drill_every_journey_ends_through_the_reconciler_alone() {
     let metrics = shared::metrics::capture();
@@ -218,19 +246,7 @@ async fn lost_webhook_drill_every_journey_ends_through_the_reconciler_alone() {
 
 #[tokio::test]
 async fn crash_drill_the_reconciler_records_klarnas_answer_once_and_tells_the_partner() {
-    let proxy = FaultProxy::start(local_stack::stack::local_endpoint()).await;
-    let w = World::with_sdk(
-        "recon-crash",
-        proxy.sdk().await,
-        SimConfig {
-            time_scale: 0.001,
-            ..SimConfig::default()
-        },
-        |_| {},
-    )
-    .await;
-    w.sim.set_rules(approve_at_once());
-    let p = w.partner("shop", &["*"]).await;
+    let (proxy, w, p) = approving_world_behind_a_fault_proxy("recon-crash").await;
     // The function dies after Klarna answered and before the outcome is stored: the outcome's
     // transaction never lands (the SDK makes one attempt through the proxy).
     proxy.inject("TransactWriteItems", AwsFault::InternalError, 1);
@@ -316,19 +332,7 @@ async fn crash_drill_the_reconciler_records_klarnas_answer_once_and_tells_the_pa
 
 #[tokio::test]
 async fn a_pending_payment_past_klarnas_replay_window_fails_with_a_reason() {
-    let proxy = FaultProxy::start(local_stack::stack::local_endpoint()).await;
-    let w = World::with_sdk(
-        "recon-window",
-        proxy.sdk().await,
-        SimConfig {
-            time_scale: 0.001,
-            ..SimConfig::default()
-        },
-        |_| {},
-    )
-    .await;
-    w.sim.set_rules(approve_at_once());
-    let p = w.partner("shop", &["*"]).await;
+    let (proxy, w, p) = approving_world_behind_a_fault_proxy("recon-window").await;
     proxy.inject("TransactWriteItems", AwsFault::InternalError, 1);
     let r = w
         .call(
@@ -401,12 +405,7 @@ async fn deadline_drill_a_finalize_job_held_past_the_hour_fails_and_is_never_aut
         0,
         "never authorized late"
     );
-    let types: Vec<_> = w
-        .drain(&p)
-        .await
-        .into_iter()
-        .map(|r| r.notification.event_type.as_str().to_owned())
-        .collect();
+    let types = drained_types(&w, &p).await;
     assert_eq!(types, ["payment.step_up_required", "payment.failed"]);
 }
 
@@ -437,12 +436,7 @@ async fn a_lost_finalize_job_is_sent_again_and_authorizes_once() {
     w.settle().await;
     assert_eq!(get(&w, &p, &id).await["state"], "AUTHORIZED");
     assert_eq!(w.sim.count(Route::FinalAuthorize), 1);
-    let types: Vec<_> = w
-        .drain(&p)
-        .await
-        .into_iter()
-        .map(|r| r.notification.event_type.as_str().to_owned())
-        .collect();
+    let types = drained_types(&w, &p).await;
     assert_eq!(types, ["payment.step_up_required", "payment.authorized"]);
 }
 
@@ -513,12 +507,7 @@ async fn a_webhook_racing_the_reconciler_gives_one_outcome() {
     w.settle().await;
     assert_eq!(get(&w, &p, &id).await["state"], "AUTHORIZED");
     assert_eq!(w.sim.count(Route::FinalAuthorize), 1);
-    let types: Vec<_> = w
-        .drain(&p)
-        .await
-        .into_iter()
-        .map(|r| r.notification.event_type.as_str().to_owned())
-        .collect();
+    let types = drained_types(&w, &p).await;
     assert_eq!(types, ["payment.step_up_required", "payment.authorized"]);
 }
 
@@ -606,12 +595,7 @@ async fn money_left_pending_and_an_unannounced_expiry_are_finished_by_the_reconc
         "{run:?}"
     );
     w.settle().await;
-    let types: Vec<_> = w
-        .drain(&p)
-        .await
-        .into_iter()
-        .map(|r| r.notification.event_type.as_str().to_owned())
-        .collect();
+    let types = drained_types(&w, &p).await;
     assert_eq!(types, ["payment.captured", "payment.authorization_expired"]);
     assert_eq!(get(&w, &p, &id).await["transaction"]["state"], "EXPIRED");
 }
