@@ -569,6 +569,7 @@ impl Repository {
             response_status: None,
             response_body_sealed: None,
             ttl: (now + CLAIM_RETENTION).timestamp(),
+            owner: crate::crypto::random_bytes(16).ok().map(hex::encode),
         }
     }
 
@@ -586,6 +587,13 @@ impl Repository {
         let Some(existing) = self.store.claim_idempotency(&record).await? else {
             return Ok(Ok(Claim::Proceed(record)));
         };
+        if existing.status == IdempotencyStatus::InProgress
+            && existing.owner.is_some()
+            && existing.owner == record.owner
+        {
+            // Our own write, applied while its answer was lost and the SDK retried.
+            return Ok(Ok(Claim::Proceed(record)));
+        }
         if existing.request_hash != hash {
             return Ok(Err(ApiError::new(
                 422,

@@ -174,6 +174,10 @@ pub struct IdempotencyRecord {
     /// Sealed: the stored response may carry tokens.
     pub response_body_sealed: Option<String>,
     pub ttl: i64,
+    /// Random per request: a claim whose write was applied but whose answer was lost (the SDK
+    /// then retries and meets its own record) is still known to be ours.
+    #[serde(default)]
+    pub owner: Option<String>,
 }
 
 /// Links a Klarna payment request to the payment, written in the step-up transaction, so the
