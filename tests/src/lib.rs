@@ -418,6 +418,66 @@ impl World {
         )
     }
 
+    /// Starts a payment that needs a step-up; returns (payment id, payment request id).
+    pub async fn start_step_up(&self, partner: &TestPartner, key: &str) -> (String, String) {
+        let r = self
+            .call(
+                "POST",
+                "/v1/payments",
+                Some(&partner.api_key),
+                Some(key),
+                Some(&payment_body(1000, "customer@example.com")),
+            )
+            .await;
+        assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+        let b = r.json();
+        (
+            b["payment_id"].as_str().unwrap().to_owned(),
+            b["step_up"]["payment_request_id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        )
+    }
+
+    /// Starts and completes step-ups, two in flight at a time, until `until` finishes; returns
+    /// the payment ids, every one AUTHORIZED. Two in flight keeps a slow local AWS server
+    /// overlapping `until` with several step-ups (one at a time managed two on a loaded CI
+    /// machine); a slot frees only once its payment is authorized, so the simulator's in-order
+    /// webhook queue never grows a backlog that outlasts a timing window in the test.
+    pub async fn step_ups_while<T>(
+        &self,
+        partner: &TestPartner,
+        key_prefix: &str,
+        until: &tokio::task::JoinHandle<T>,
+    ) -> Vec<String> {
+        use futures::StreamExt;
+        let mut payments = Vec::new();
+        let mut in_flight = futures::stream::FuturesUnordered::new();
+        let mut n = 0;
+        while !until.is_finished() {
+            while in_flight.len() < 2 {
+                n += 1;
+                let key = format!("{key_prefix}-{n}");
+                in_flight.push(async move {
+                    let (payment, request) = self.start_step_up(partner, &key).await;
+                    self.sim.complete(&request, None).unwrap();
+                    self.wait_payment_state(partner, &payment, "AUTHORIZED")
+                        .await;
+                    payment
+                });
+            }
+            tokio::select! {
+                Some(payment) = in_flight.next() => payments.push(payment),
+                _ = tokio::time::sleep(std::time::Duration::from_millis(50)) => {}
+            }
+        }
+        while let Some(payment) = in_flight.next().await {
+            payments.push(payment);
+        }
+        payments
+    }
+
     fn sim_rules(&self) -> klarna_sim::OutcomeRules {
         klarna_sim::OutcomeRules::default()
     }

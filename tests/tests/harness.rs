@@ -196,6 +196,120 @@ async fn stream_consumer_sees_old_and_new_images_of_a_conditional_update_and_the
     assert!(filtered_seen.lock().unwrap().is_empty());
 }
 
+/// A cancelled transaction leaves the table and its stream as they were, and a stream iterator
+/// taken before it reads on past it, as in DynamoDB. (The plain local server put back a copy of
+/// the table with its own stream: earlier iterators went on reading the discarded copy, and each
+/// copy stayed in memory until the server stalled on garbage collection.)
+#[tokio::test]
+async fn a_cancelled_transaction_leaves_no_stream_record_and_the_stream_reads_on() {
+    use aws_sdk_dynamodb::types::{AttributeValue, ConditionCheck, Put, TransactWriteItem};
+    use aws_sdk_dynamodbstreams::types::ShardIteratorType;
+    let sdk = sdk().await;
+    let res = Resources::create(&sdk, &template(), &unique_prefix("txn-stream"))
+        .await
+        .unwrap();
+    let ddb = aws_sdk_dynamodb::Client::new(&sdk);
+    let streams = aws_sdk_dynamodbstreams::Client::new(&sdk);
+    let key = |sk: &str| {
+        [
+            ("pk".to_owned(), AttributeValue::S("PARTNER#p".into())),
+            ("sk".to_owned(), AttributeValue::S(sk.into())),
+        ]
+        .into_iter()
+        .collect::<std::collections::HashMap<_, _>>()
+    };
+    let put = |sk: &str| {
+        ddb.put_item()
+            .table_name(&res.table)
+            .set_item(Some(key(sk)))
+            .send()
+    };
+    put("ITEM#a").await.unwrap();
+
+    let arn = res.stream_arn.clone().unwrap();
+    let shard = streams
+        .describe_stream()
+        .stream_arn(&arn)
+        .send()
+        .await
+        .unwrap()
+        .stream_description
+        .unwrap()
+        .shards
+        .unwrap()[0]
+        .shard_id
+        .clone()
+        .unwrap();
+    let before = streams
+        .get_shard_iterator()
+        .stream_arn(&arn)
+        .shard_id(&shard)
+        .shard_iterator_type(ShardIteratorType::TrimHorizon)
+        .send()
+        .await
+        .unwrap()
+        .shard_iterator
+        .unwrap();
+
+    // Put b, on the condition that a missing item exists: cancelled.
+    let cancelled = ddb
+        .transact_write_items()
+        .transact_items(
+            TransactWriteItem::builder()
+                .put(
+                    Put::builder()
+                        .table_name(&res.table)
+                        .set_item(Some(key("ITEM#b")))
+                        .build()
+                        .unwrap(),
+                )
+                .build(),
+        )
+        .transact_items(
+            TransactWriteItem::builder()
+                .condition_check(
+                    ConditionCheck::builder()
+                        .table_name(&res.table)
+                        .set_key(Some(key("ITEM#missing")))
+                        .condition_expression("attribute_exists(pk)")
+                        .build()
+                        .unwrap(),
+                )
+                .build(),
+        )
+        .send()
+        .await;
+    assert!(cancelled.is_err(), "the transaction is cancelled");
+    put("ITEM#c").await.unwrap();
+
+    let b = ddb
+        .get_item()
+        .table_name(&res.table)
+        .set_key(Some(key("ITEM#b")))
+        .send()
+        .await
+        .unwrap();
+    assert!(b.item.is_none(), "the cancelled put left nothing");
+    let records = streams
+        .get_records()
+        .shard_iterator(before)
+        .send()
+        .await
+        .unwrap()
+        .records
+        .unwrap_or_default();
+    let keys: Vec<String> = records
+        .iter()
+        .map(|r| {
+            r.dynamodb().unwrap().keys().unwrap()["sk"]
+                .as_s()
+                .unwrap()
+                .clone()
+        })
+        .collect();
+    assert_eq!(keys, ["ITEM#a", "ITEM#c"]);
+}
+
 #[tokio::test]
 async fn a_lost_race_is_a_typed_conflict_and_an_outage_is_a_retryable_fault() {
     let sdk = sdk().await;
