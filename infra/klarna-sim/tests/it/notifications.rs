@@ -244,11 +244,16 @@ async fn simulate_sends_a_signed_event_and_reports_the_endpoints_answer() {
     // Retried with the identical body, like every other webhook.
     assert!(wait_until(|| rx.hits().len() == 2).await);
     assert_eq!(rx.hits()[1].body, hits[0].body);
-    assert!(s
-        .sim
-        .deliveries()
-        .iter()
-        .any(|d| d.event_id == event_id && d.attempt == 2 && d.status == Some(200)));
+    // The receiver counts a hit when the request arrives; the simulator records the attempt
+    // once the answer is back, a moment later.
+    assert!(
+        wait_until(|| s
+            .sim
+            .deliveries()
+            .iter()
+            .any(|d| d.event_id == event_id && d.attempt == 2 && d.status == Some(200)))
+        .await
+    );
 
     // Accepted at once.
     let r = s.call(Method::POST, &path, Some(json!({"event_type": "identity.customer-token.state-change.revoked", "event_version": "v2"})), &[]).await;

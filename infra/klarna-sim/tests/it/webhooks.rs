@@ -162,6 +162,8 @@ async fn wrong_signature_and_unknown_key_id_faults() {
     assert!(wait_until(|| rx.hits().len() == 2).await);
     let hit = &rx.hits()[1];
     assert_ne!(hit.header("klarna-signing-key-id"), key_id);
+    // The attempt is recorded once the receiver's answer is back, a moment after the hit.
+    assert!(wait_until(|| s.sim.deliveries().len() >= 2).await);
     assert_eq!(
         s.sim.deliveries()[1].signing_key_id,
         hit.header("klarna-signing-key-id")
